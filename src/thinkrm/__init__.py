@@ -1,0 +1,46 @@
+"""thinkrm: measure and improve how language models reason.
+
+The public API, by pipeline stage (trace -> steps -> dag -> me2 -> judge / reward model -> serve / bon / rl).
+Names are resolved lazily so that `import thinkrm` stays light: torch and friends load only when a name
+that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # trace input
+    "Trace": "thinkrm.trace",
+    "load_traces": "thinkrm.trace",
+    "split_response": "thinkrm.trace",
+    "InputError": "thinkrm.io",
+    # steps and DAG
+    "Step": "thinkrm.steps",
+    "split_steps": "thinkrm.steps",
+    "DAG": "thinkrm.dag",
+    "build_dag": "thinkrm.dag",
+    # reward models
+    "Item": "thinkrm.formatting",
+    "format_input": "thinkrm.formatting",
+    "Scorer": "thinkrm.scoring",
+    "load_scorer": "thinkrm.scoring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'thinkrm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

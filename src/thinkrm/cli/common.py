@@ -1,0 +1,42 @@
+"""Shared CLI plumbing: user errors as one red line (never a traceback), rich progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..io import InputError
+
+console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected failures (bad input, unreachable server, bad spec) into a one-line message + exit 2."""
+    try:
+        yield
+    except (InputError, ValueError, FileNotFoundError, ConnectionError, TimeoutError) as e:
+        fail(str(e))
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr (hidden when stderr is not a terminal-like console)."""
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if total is not None:
+        cols.append(TimeRemainingColumn())
+    with Progress(*cols, console=console, transient=False, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

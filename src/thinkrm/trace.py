@@ -1,0 +1,125 @@
+"""Reasoning traces: the unit everything in thinkrm works on.
+
+A trace is the text a model writes *before* its final answer. Inputs come in many shapes (a `reasoning`
+field, or a full `response` with `</think>` or `<|begin_of_thought|> ... <|end_of_thought|>` markers), so
+this module normalises them once, and every later stage (steps, DAG, ME², scorers) reads `Trace.reasoning`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .io import InputError, iter_records
+
+PROMPT_FIELDS = ("prompt", "question", "problem")
+THINK_END = "</think>"
+THOUGHT_BEGIN = "<|begin_of_thought|>"
+THOUGHT_END = "<|end_of_thought|>"
+
+
+@dataclass
+class Trace:
+    """One reasoning trace.
+
+    `reasoning` is the thinking text (what reward models read); `answer` is whatever followed the
+    end-of-thinking marker ("" when the response had no marker, in which case the whole response is the
+    reasoning). `extra` carries every other input field through to outputs unchanged.
+    """
+
+    id: str
+    prompt: str
+    reasoning: str
+    answer: str = ""
+    response: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # "file:line", for messages
+
+    @property
+    def full_response(self) -> str:
+        """The response as given, or the reasoning when only `reasoning` was supplied."""
+        return self.response if self.response is not None else self.reasoning
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.extra)
+        d.update(id=self.id, prompt=self.prompt, reasoning=self.reasoning)
+        if self.response is not None:
+            d["response"] = self.response
+        return d
+
+
+def split_response(response: str) -> tuple[str, str]:
+    """Split a model response into (reasoning, answer).
+
+    `</think>` wins when present (the text before its last occurrence is the reasoning, so a model that
+    mentions the tag while thinking is not cut early). Otherwise `<|begin_of_thought|> ... <|end_of_thought|>`
+    delimit the reasoning. With no marker the whole response is the reasoning and the answer is empty.
+    """
+    if THINK_END in response:
+        head, _, tail = response.rpartition(THINK_END)
+        head = head.split("<think>", 1)[-1] if "<think>" in head else head
+        return head.strip("\n"), tail.strip()
+    if THOUGHT_END in response:
+        head, _, tail = response.partition(THOUGHT_END)
+        head = head.split(THOUGHT_BEGIN, 1)[-1]
+        return head.strip("\n"), tail.strip()
+    if THOUGHT_BEGIN in response:  # truncated generation: begun, never ended
+        return response.split(THOUGHT_BEGIN, 1)[-1].strip("\n"), ""
+    return response, ""
+
+
+def trace_from_record(rec: dict[str, Any], *, default_id: str, source: str | None = None,
+                      file: str | None = None, line: int | None = None) -> Trace:
+    """Build a `Trace` from one input record, or raise `InputError` naming the field."""
+
+    def text_field(name: str) -> str:
+        v = rec[name]
+        if not isinstance(v, str):
+            raise InputError(f"expected a string, got {type(v).__name__}", file=file, line=line, field=name)
+        return v
+
+    prompt_key = next((k for k in PROMPT_FIELDS if k in rec), None)
+    if prompt_key is None:
+        raise InputError(f"missing prompt (one of {', '.join(PROMPT_FIELDS)})", file=file, line=line)
+    prompt = text_field(prompt_key)
+    response: str | None = None
+    if "reasoning" in rec:
+        reasoning = text_field("reasoning")
+        answer = ""
+        if "response" in rec:
+            response = text_field("response")
+            answer = split_response(response)[1]
+    elif "response" in rec:
+        response = text_field("response")
+        reasoning, answer = split_response(response)
+    else:
+        raise InputError("missing trace (a 'reasoning' or 'response' field)", file=file, line=line)
+    rid = rec.get("id", default_id)
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise InputError(f"expected a string or integer, got {type(rid).__name__}", file=file, line=line,
+                         field="id")
+    used = {prompt_key, "reasoning", "response", "id"}
+    extra = {k: v for k, v in rec.items() if k not in used}
+    return Trace(id=str(rid), prompt=prompt, reasoning=reasoning, answer=answer, response=response,
+                 extra=extra, source=source)
+
+
+def load_traces(path: str | os.PathLike, *, skip_bad: bool = False,
+                on_bad: Callable[[InputError], None] | None = None) -> Iterator[Trace]:
+    """Stream traces from a JSONL file or a JSON list.
+
+    A malformed row raises `InputError` (file, line, problem) unless `skip_bad` is set, in which case it is
+    passed to `on_bad` (if given) and skipped. Rows without an `id` get their line number as id.
+    """
+    for line, rec in iter_records(path):
+        try:
+            if isinstance(rec, InputError):
+                raise rec
+            yield trace_from_record(rec, default_id=str(line), source=f"{path}:{line}", file=str(path), line=line)
+        except InputError as e:
+            if not skip_bad:
+                raise
+            if on_bad is not None:
+                on_bad(e)
