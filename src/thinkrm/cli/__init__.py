@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import typer
 
-from . import analyze, bon, llm, perturb, score, serve, train
+from . import analyze, bon, delimiters, llm, perturb, score, serve, train
 
 app = typer.Typer(name="thinkrm", no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Measure and improve how language models reason.")
 
-for _module in (analyze, score, train, perturb, llm, serve, bon):
+for _module in (analyze, delimiters, score, train, perturb, llm, serve, bon):
     _module.register(app)
 
 
