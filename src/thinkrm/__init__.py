@@ -28,6 +28,13 @@ _EXPORTS = {
     "format_input": "thinkrm.formatting",
     "Scorer": "thinkrm.scoring",
     "load_scorer": "thinkrm.scoring",
+    "Pair": "thinkrm.pairs",
+    "load_pairs": "thinkrm.pairs",
+    "evaluate_pairs": "thinkrm.evaluate",
+    # serving
+    "Client": "thinkrm.client",
+    "ServeConfig": "thinkrm.serve",
+    "create_app": "thinkrm.serve",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,10 +12,13 @@ its ancestors are the "micro" path; role-tagged summaries of all super-nodes are
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
-from .steps import Step
+from .steps import Step, split_steps
+from .structurers import Proposal, StepRef, View, get_structurer
 
 Action = Literal["continue", "backtrack", "merge"]
 ROLES = ("root", "branch", "merge", "leaf")
@@ -124,6 +127,226 @@ class DAG:
         return g
 
 
+POOL_MAIN = 8  # main-path steps a new step may attach to (besides backtracking further)
+POOL_LEAVES = 5  # other open leaves offered for merges
+DEFAULT_BATCH = 16  # upcoming steps offered per propose_batch call when the structurer sets no batch_size
+
+_ANSWER = re.compile(r"\\boxed\s*\{|\bfinal answer\b|\b(?:the )?answer is\b|^\W*answer\W*:|^\s*A:\s*\S",
+                     re.IGNORECASE | re.MULTILINE)
+_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
+_MARKUP = re.compile(r"[*#`]+|^\s*>\s*")
+_SPACE = re.compile(r"\s+")
+_SUMMARY_CHARS = 120
+_INFORMATIVE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+
+
 def build_dag(text_or_steps: str | list[Step], structurer: str | Any = "heuristic", *,
-              text: str | None = None) -> DAG:
-    raise NotImplementedError
+              text: str | None = None, prompt: str = "", lexicon: Any = None) -> DAG:
+    """Build the reasoning DAG of a trace.
+
+    Pass the reasoning text (it is split with `split_steps(text, lexicon)`), or steps already split together
+    with `text=` (the string their offsets point into). `structurer` is a name from
+    `thinkrm.structurers.STRUCTURERS` or a structurer object; `prompt` is handed to it (an LLM structurer
+    needs the problem). Whatever the structurer proposes, the result satisfies the DAG invariants.
+    """
+    if isinstance(text_or_steps, str):
+        text = text_or_steps
+        steps = split_steps(text, lexicon)
+    else:
+        if text is None:
+            raise ValueError("build_dag(steps) needs text= (the string the step offsets point into)")
+        steps = list(text_or_steps)
+    impl = get_structurer(structurer)
+    name = structurer if isinstance(structurer, str) else getattr(impl, "name", type(impl).__name__)
+    machine = _StateMachine(steps)
+    if steps:
+        impl.start(steps, prompt=prompt)
+        _run(machine, impl, steps)
+    supernodes = _collapse(machine.parents, machine.actions)
+    for sn in supernodes:
+        sn.summary = summarize(" ".join(steps[i].text[:2000] for i in sn.members[:3]))
+    answer = _answer_node(steps, supernodes)
+    dag = DAG(text=text, steps=steps, nodes=[StepNode(i, p, a) for i, (p, a) in enumerate(
+        zip(machine.parents, machine.actions))], supernodes=supernodes, answer_node=answer,
+        answer_path=_answer_path(supernodes, answer), structurer=name,
+        meta={"invalid_proposals": machine.invalid, "actions": machine.counts()})
+    return dag
+
+
+def _run(machine: _StateMachine, impl: Any, steps: list[Step]) -> None:
+    machine.place_first()
+    batch = getattr(impl, "propose_batch", None)
+    size = max(1, int(getattr(impl, "batch_size", DEFAULT_BATCH)))
+    i = 1
+    while i < len(steps):
+        view = machine.view(i)
+        if batch is not None:
+            upcoming = [StepRef(j, steps[j].text) for j in range(i, min(len(steps), i + size))]
+            proposals = list(batch(view, upcoming))[:len(upcoming)] or [Proposal("continue")]
+        else:
+            proposals = [impl.propose(view)]
+        for proposal in proposals:
+            machine.place(i, proposal)
+            i += 1
+
+
+class _StateMachine:
+    """Main path, open leaves and the attachment pool; validates and applies one proposal per step."""
+
+    def __init__(self, steps: list[Step]):
+        self.steps = steps
+        self.parents: list[list[int]] = []
+        self.actions: list[str] = []
+        self.main: list[int] = []
+        self.on_main: dict[int, int] = {}  # step id -> position on the main path
+        self.leaves: dict[int, None] = {}  # open leaves other than the tip, oldest first (ordered set)
+        self.primary: list[int] = []  # the parent a step's main path runs through (-1 for the root)
+        self.invalid = 0
+
+    def counts(self) -> dict[str, int]:
+        return {a: self.actions.count(a) for a in ("continue", "backtrack", "merge")}
+
+    def _ref(self, i: int) -> StepRef:
+        return StepRef(i, self.steps[i].text)
+
+    def view(self, i: int) -> View:
+        leaves = list(islice(reversed(self.leaves), POOL_LEAVES))[::-1]
+        return View(step=self._ref(i), window=tuple(self._ref(j) for j in self.main[-POOL_MAIN:]),
+                    open_leaves=tuple(self._ref(j) for j in leaves), main_path=tuple(self.main))
+
+    def place_first(self) -> None:
+        self.parents.append([])
+        self.actions.append("continue")
+        self.primary.append(-1)
+        self._set_main([0])
+
+    def _set_main(self, path: list[int]) -> None:
+        self.main = path
+        self.on_main = {s: k for k, s in enumerate(path)}
+
+    def _pool_leaves(self) -> set[int]:
+        return set(islice(reversed(self.leaves), POOL_LEAVES))
+
+    def validate(self, i: int, p: Any) -> tuple[str, list[int]]:
+        """The (action, parents) to apply: the proposal if valid, else a plain continuation."""
+        tip = self.main[-1]
+        action = getattr(p, "action", None)
+        try:
+            targets = [int(t) for t in getattr(p, "targets", ())]
+        except (TypeError, ValueError):
+            targets = []
+        if action == "backtrack" and len(targets) == 1:
+            t = targets[0]
+            if t in self.on_main and t != tip:
+                return "backtrack", [t]
+        elif action == "merge":
+            ids = set(targets)
+            pool = self._pool_leaves()
+            mains = [t for t in ids if t in self.on_main]
+            others = [t for t in ids if t in pool]
+            if len(ids) >= 2 and len(mains) <= 1 and others and len(mains) + len(others) == len(ids):
+                return "merge", sorted(ids)
+        if action != "continue":
+            self.invalid += 1
+        return "continue", [tip]
+
+    def place(self, i: int, proposal: Any) -> None:
+        action, parents = self.validate(i, proposal)
+        tip = self.main[-1]
+        self.parents.append(parents)
+        self.actions.append(action)
+        if action == "continue":
+            self.primary.append(tip)
+            self.main.append(i)
+            self.on_main[i] = len(self.main) - 1
+            return
+        mains = [t for t in parents if t in self.on_main]
+        for t in parents:
+            self.leaves.pop(t, None)
+        anchor = mains[0] if mains else max(parents)
+        if anchor != tip:
+            self.leaves[tip] = None  # the abandoned branch stays open for later merges
+        self.primary.append(anchor)
+        if anchor in self.on_main:
+            path = self.main[:self.on_main[anchor] + 1]
+        else:
+            path = []
+            j = anchor
+            while j >= 0:
+                path.append(j)
+                j = self.primary[j]
+            path.reverse()
+        path.append(i)
+        self._set_main(path)
+
+
+def _collapse(parents: list[list[int]], actions: list[str]) -> list[SuperNode]:
+    """Chains of plain continuations (one parent, one child) become one super-node each."""
+    n = len(parents)
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i, ps in enumerate(parents):
+        for p in ps:
+            children[p].append(i)
+    of = [0] * n  # step id -> super-node id
+    members: list[list[int]] = []
+    for i in range(n):
+        ps = parents[i]
+        if actions[i] == "continue" and len(ps) == 1 and len(children[ps[0]]) == 1:
+            of[i] = of[ps[0]]
+            members[of[i]].append(i)
+        else:
+            of[i] = len(members)
+            members.append([i])
+    supernodes: list[SuperNode] = []
+    for sid, ms in enumerate(members):
+        sp = sorted({of[p] for p in parents[ms[0]]})
+        sc = sorted({of[c] for c in children[ms[-1]]})
+        roles = [r for r, has in zip(ROLES, (not sp, len(sc) >= 2, len(sp) >= 2, not sc)) if has]
+        depth = 1 + max(supernodes[p].depth for p in sp) if sp else 0
+        supernodes.append(SuperNode(id=sid, members=ms, parents=sp, children=sc, roles=roles, depth=depth,
+                                    action=actions[ms[0]]))  # type: ignore[arg-type]
+    return supernodes
+
+
+def states_answer(text: str) -> bool:
+    """Whether a piece of reasoning states a final answer (boxed, "the answer is", an "A:" line, ...)."""
+    return _ANSWER.search(text) is not None
+
+
+def _answer_node(steps: list[Step], supernodes: list[SuperNode]) -> int | None:
+    """The super-node holding the last statement of an answer; the last super-node when none does."""
+    if not supernodes:
+        return None
+    of = {m: s.id for s in supernodes for m in s.members}
+    for step in reversed(steps):
+        if states_answer(step.text):
+            return of[step.index]
+    return supernodes[-1].id
+
+
+def _answer_path(supernodes: list[SuperNode], answer: int | None) -> list[int]:
+    """Root-to-answer path, following the deepest parent (the longest line of reasoning to the answer)."""
+    if answer is None:
+        return []
+    path = [answer]
+    while supernodes[path[-1]].parents:
+        ps = supernodes[path[-1]].parents
+        path.append(max(ps, key=lambda p: (supernodes[p].depth, p)))
+    return path[::-1]
+
+
+def summarize(text: str) -> str:
+    """An extractive one-line summary: the first sentence with some prose in it, clipped."""
+    first = ""
+    for sentence in _SENTENCE_END.split(text):
+        sentence = _SPACE.sub(" ", _MARKUP.sub("", sentence)).strip()
+        if not sentence:
+            continue
+        first = first or sentence
+        if len(_INFORMATIVE.findall(sentence)) >= 4:
+            first = sentence
+            break
+    if len(first) <= _SUMMARY_CHARS:
+        return first
+    cut = first.rfind(" ", 0, _SUMMARY_CHARS - 1)
+    return first[:cut if cut > _SUMMARY_CHARS // 2 else _SUMMARY_CHARS - 1].rstrip(" ,;:") + "…"

@@ -40,8 +40,11 @@ class Encoder:
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Embeddings of shape (len(texts), 384). Sorted by length internally so padding stays small."""
+    def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+        """Embeddings of shape (len(texts), 384). Sorted by length internally so padding stays small.
+
+        `max_tokens` < 256 reads only each text's opening, which TRM-lite uses to stay fast on long traces.
+        """
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
@@ -51,7 +54,7 @@ class Encoder:
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=MAX_TOKENS, return_tensors="pt").to(self.device)
+                                     max_length=max_tokens, return_tensors="pt").to(self.device)
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -1,14 +1,42 @@
-"""The one input format every reward model in thinkrm reads.
+"""The one input format every reward model in thinkrm reads, and how it is cut to fit.
 
 CONTRACT (truncation and the chat-template mode are owned by the reward-model work stream):
 `format_input(prompt, reasoning)` is `prompt + "\n" + reasoning`, the reasoning being the text before the
 end-of-thinking marker (never the final answer), exactly as the published TRM-8B is served. Training,
 scoring, serving and RL all call it, so a model never sees one format in training and another in use.
+
+Two more pieces live here for the same reason:
+
+* `InputEncoder` turns (prompt, reasoning) into token ids for one tokenizer: the formatted text, never a
+  second BOS, and the truncation policy. Trainers should feed its ids to TRL as pre-tokenized
+  `chosen_ids`/`rejected_ids`, so training sees exactly what scoring sees (TRL would otherwise append EOS and
+  silently drop rows over `max_length`).
+* `InputConfig` is the `thinkrm.json` sidecar in a saved checkpoint (`{"input_format": "plain" | "chat",
+  "max_length": int}`), written at training time and read at scoring time, so the explicit chat-template
+  mode follows the model automatically.
+
+Truncation policy (a trace longer than `max_length` tokens, default 8192 for language-model backbones):
+the prompt is kept whole and the *end* of the reasoning is kept, since that is where a trace reaches (or
+misses) its answer; the cut is marked with `TRUNCATION_MARKER` at the start of the kept reasoning. Only if
+the prompt alone would leave the reasoning less than a quarter of the budget is the prompt cut too, keeping
+its beginning and ending it with `PROMPT_TRUNCATION_MARKER`. Nothing is ever dropped silently:
+`Encoded.truncated` says the cut happened and scorers count it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+DEFAULT_MAX_LENGTH = 8192
+INPUT_FORMATS = ("plain", "chat")
+TRUNCATION_MARKER = "[... earlier reasoning truncated ...]\n"
+PROMPT_TRUNCATION_MARKER = "\n[... rest of prompt truncated ...]"
+SIDECAR = "thinkrm.json"
 
 
 class Item(NamedTuple):
@@ -18,5 +46,150 @@ class Item(NamedTuple):
     reasoning: str
 
 
-def format_input(prompt: str, reasoning: str) -> str:
-    return prompt + "\n" + reasoning
+def format_input(prompt: str, reasoning: str, *, input_format: str = "plain", tokenizer: Any = None) -> str:
+    """The text a reward model reads.
+
+    `input_format="chat"` renders a user turn (the prompt) and an assistant turn (the reasoning) with the
+    tokenizer's chat template; it exists only as an explicit option, because the published TRM-8B reads
+    the plain form.
+    """
+    if input_format == "plain":
+        return prompt + "\n" + reasoning
+    if input_format == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("input_format 'chat' needs a tokenizer with a chat template")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reasoning}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    raise ValueError(f"unknown input_format {input_format!r}; expected one of {', '.join(INPUT_FORMATS)}")
+
+
+@dataclass
+class InputConfig:
+    """How a checkpoint wants its input; stored as `thinkrm.json` beside the weights."""
+
+    input_format: str = "plain"
+    max_length: int = DEFAULT_MAX_LENGTH
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"unknown input_format {self.input_format!r}; expected one of {', '.join(INPUT_FORMATS)}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 16:
+            raise ValueError(f"max_length must be an integer >= 16, got {self.max_length!r}")
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        from .io import write_json
+
+        path = Path(directory) / SIDECAR
+        write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> InputConfig | None:
+        """The sidecar of a checkpoint directory, or None when it has none (a plain checkpoint)."""
+        from .io import InputError
+
+        path = Path(directory) / SIDECAR
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"invalid JSON ({e})", file=path) from None
+        if not isinstance(data, dict):
+            raise InputError("expected a JSON object", file=path)
+        try:
+            return cls(input_format=data.get("input_format", "plain"),
+                       max_length=data.get("max_length", DEFAULT_MAX_LENGTH))
+        except ValueError as e:
+            raise InputError(str(e), file=path) from None
+
+
+class Encoded(NamedTuple):
+    input_ids: list[int]
+    truncated: bool
+
+
+class InputEncoder:
+    """Token ids of `format_input(prompt, reasoning)` for one tokenizer, within `max_length`.
+
+    The tokenizer adds its own special tokens (BOS for Llama); a formatted text that already starts with
+    the BOS string (chat templates often do) has it removed first, since a doubled BOS shifts every score.
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH, input_format: str = "plain"):
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"unknown input_format {input_format!r}; expected one of {', '.join(INPUT_FORMATS)}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.input_format = input_format
+        bos = tokenizer.bos_token_id
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self._strip_bos = tokenizer.bos_token if bos is not None and probe[:1] == [bos] else None
+        # Tokens the marker-only frame needs can exceed a tiny budget; fail early on a nonsensical limit.
+        marker_len = len(tokenizer(TRUNCATION_MARKER + PROMPT_TRUNCATION_MARKER, add_special_tokens=False)["input_ids"])
+        if max_length < 4 * marker_len:
+            raise ValueError(f"max_length {max_length} is too small to hold truncation markers "
+                             f"({marker_len} tokens); use at least {4 * marker_len}")
+
+    def text(self, prompt: str, reasoning: str) -> str:
+        """The formatted text exactly as it is tokenized (no leading BOS string)."""
+        text = format_input(prompt, reasoning, input_format=self.input_format, tokenizer=self.tokenizer)
+        if self._strip_bos and text.startswith(self._strip_bos):
+            text = text[len(self._strip_bos):]
+        return text
+
+    def _ids(self, prompt: str, reasoning: str) -> list[int]:
+        return self.tokenizer(self.text(prompt, reasoning), add_special_tokens=True, verbose=False)["input_ids"]
+
+    def _pieces(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of `text` (without special tokens)."""
+        enc = self.tokenizer(text, add_special_tokens=False, verbose=False,
+                             return_offsets_mapping=bool(getattr(self.tokenizer, "is_fast", False)))
+        if "offset_mapping" in enc:
+            return [tuple(o) for o in enc["offset_mapping"]]
+        # Slow tokenizers have no offsets: spread characters evenly; the fitting loop corrects the error.
+        n, size = len(enc["input_ids"]), len(text)
+        return [(size * i // max(n, 1), size * (i + 1) // max(n, 1)) for i in range(n)]
+
+    def encode(self, prompt: str, reasoning: str) -> Encoded:
+        return self.encode_batch([(prompt, reasoning)])[0]
+
+    def encode_batch(self, items: Sequence[Item | tuple[str, str]]) -> list[Encoded]:
+        """Encode many items with one batched tokenizer call; only over-long ones take the slow path."""
+        items = [Item(*it) for it in items]
+        if not items:
+            return []
+        texts = [self.text(p, r) for p, r in items]
+        all_ids = self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return [Encoded(ids, False) if len(ids) <= self.max_length else self._truncate(*it)
+                for ids, it in zip(all_ids, items)]
+
+    def _truncate(self, prompt: str, reasoning: str) -> Encoded:
+        pieces = self._pieces(reasoning)
+        frame = len(self._ids(prompt, TRUNCATION_MARKER))
+        reserve = min(len(pieces), self.max_length // 4)
+        if self.max_length - frame < reserve:
+            prompt = self._cut_prompt(prompt, frame - (self.max_length - reserve))
+            frame = len(self._ids(prompt, TRUNCATION_MARKER))
+        keep = min(len(pieces), self.max_length - frame)
+        # Token boundaries can merge differently once text is re-joined, so re-measure and tighten.
+        while keep > 0:
+            start = pieces[len(pieces) - keep][0]
+            ids = self._ids(prompt, TRUNCATION_MARKER + reasoning[start:])
+            over = len(ids) - self.max_length
+            if over <= 0:
+                return Encoded(ids, True)
+            keep -= max(over, 1)
+        ids = self._ids(prompt, TRUNCATION_MARKER)
+        if len(ids) > self.max_length:
+            raise ValueError(f"cannot fit prompt and truncation marker into max_length {self.max_length}")
+        return Encoded(ids, True)
+
+    def _cut_prompt(self, prompt: str, excess: int) -> str:
+        """Keep the beginning of a prompt, dropping about `excess` tokens (plus the marker's) from its end."""
+        pieces = self._pieces(prompt)
+        marker = len(self.tokenizer(PROMPT_TRUNCATION_MARKER, add_special_tokens=False)["input_ids"])
+        keep = max(len(pieces) - excess - marker, 0)
+        end = pieces[keep - 1][1] if keep else 0
+        return prompt[:end] + PROMPT_TRUNCATION_MARKER
+

@@ -33,6 +33,9 @@ class Scorer(ABC):
     """Scores (prompt, reasoning) items. Implementations batch internally as they see fit."""
 
     spec: str = ""
+    # Inputs cut by the truncation policy so far (thinkrm.formatting); backends that tokenize locally count
+    # them so reports can say how many scores saw a shortened trace.
+    truncated: int = 0
 
     @abstractmethod
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:

@@ -7,11 +7,33 @@ tiny fragments merge into neighbours.
 
 Invariant: steps are contiguous and cover the whole text: steps[0].start == 0, steps[i].end ==
 steps[i+1].start, steps[-1].end == len(text); an empty/whitespace-only text gives [].
+
+Why this shape: a step should be one *activity* of the model (compute this, check that, try another
+approach), which in long traces spans several paragraphs; only paragraphs that open with a discourse word
+("Wait", "So", "Alternatively") mark a change of activity. Short chain-of-thought has no paragraphs, and
+there each line (or sentence) is already one activity. Everything is a single regex pass plus a linear
+merge, so a 1,000,000-character trace costs milliseconds, and the step count is capped so that later
+stages stay linear too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .delimiters import Lexicon
+
+MIN_STEP_CHARS = 40  # a shorter fragment ("Hmm.", "A: 26", a lone formula) is not a step on its own
+MAX_STEPS = 1000  # beyond this, neighbouring steps are merged evenly (pathological inputs)
+
+_BLANK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_NEWLINE = re.compile(r"\n\s*")
+# A sentence ends at . ! or ? followed by space and an upper-case letter, a digit or an opening
+# bracket/quote; "e.g. this" and "3.14" stay whole.
+_SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9(\[\"'$\\])")
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
 @dataclass(frozen=True)
@@ -25,5 +47,80 @@ class Step:
         return {"index": self.index, "start": self.start, "end": self.end}
 
 
-def split_steps(text: str, lexicon: "Lexicon | None" = None) -> list[Step]:
-    raise NotImplementedError
+def _units(text: str, sep: re.Pattern) -> list[int]:
+    """Start offsets of the pieces `sep` cuts `text` into; each piece keeps its trailing separator."""
+    starts = [0]
+    starts.extend(m.end() for m in sep.finditer(text) if 0 < m.end() < len(text))
+    return starts
+
+
+def _is_fragment(piece: str) -> bool:
+    """Too small to be a step: short, or a formula with no prose words."""
+    piece = piece.strip()
+    if len(piece) < MIN_STEP_CHARS:
+        return True
+    return len(piece) < 400 and len(_PROSE.findall(piece)) < 2
+
+
+def split_steps(text: str, lexicon: Lexicon | None = None) -> list[Step]:
+    """Split `text` into contiguous steps (see the module docstring for the rules).
+
+    `lexicon` defaults to the mined lexicon shipped with the package (`thinkrm.delimiters`).
+    """
+    if not text.strip():
+        return []
+    if lexicon is None:
+        from .delimiters import default_lexicon
+
+        lexicon = default_lexicon()
+    body = text.strip()
+    lead = len(text) - len(text.lstrip())  # leading whitespace belongs to the first step
+    starts = _units(body, _BLANK)
+    if len(starts) > 1:
+        # Paragraph mode: only a delimiter word opens a step.
+        bounds = [0] + [s for s in starts[1:] if lexicon.opens_step(body[s:s + 40])]
+    else:
+        starts = _units(body, _NEWLINE)
+        if len(starts) == 1:
+            starts = _units(body, _SENTENCE)
+        bounds = starts
+    bounds = _merge_fragments(body, bounds)
+    if len(bounds) > MAX_STEPS:
+        stride = len(bounds) / MAX_STEPS
+        bounds = [bounds[int(i * stride)] for i in range(MAX_STEPS)]
+    offsets = [0] + [lead + b for b in bounds[1:]] + [len(text)]
+    return [Step(i, a, b, text[a:b].strip()) for i, (a, b) in enumerate(zip(offsets, offsets[1:]))]
+
+
+def _merge_fragments(body: str, bounds: list[int]) -> list[int]:
+    """Drop the boundaries around tiny fragments.
+
+    A fragment that opens with a word ("Hmm.", "Wait, no.") introduces what follows, so it joins the next
+    step; any other fragment (a formula, "A: 26") finishes the step before it.
+    """
+    ends = bounds[1:] + [len(body)]
+    kept: list[int] = []
+    pending_forward = False  # the previous piece was a lead-in waiting to join this one
+    for start, end in zip(bounds, ends):
+        piece = body[start:end]
+        if pending_forward:
+            pending_forward = _is_fragment(piece) and end < len(body)
+            continue
+        if not kept:
+            kept.append(start)
+            pending_forward = _is_fragment(piece) and end < len(body)
+            continue
+        if _is_fragment(piece):
+            if _opens_with_word(piece) and end < len(body):
+                kept.append(start)
+                pending_forward = True
+            continue
+        kept.append(start)
+    return kept
+
+
+def _opens_with_word(piece: str) -> bool:
+    """A real word, not a one-letter variable ("A = 1/2 * 6 * 8", "x^2 = 4")."""
+    from .delimiters import first_word
+
+    return len(first_word(piece) or "") >= 2

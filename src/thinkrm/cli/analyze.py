@@ -1,9 +1,175 @@
-"""CLI commands (to be filled by the owning work stream)."""
+"""`thinkrm analyze`: traces -> steps -> DAG -> ME² signals, as `analysis.jsonl` plus an HTML report."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from .common import console, progress, user_errors
+
+STRUCTURERS = ("heuristic", "embedding")
+SCORE_BATCH = 32  # traces scored per scorer call: model backends batch well, and memory stays bounded
+SUMMARY_ROWS = 30
+
+
+@dataclass
+class AnalyzeResult:
+    rows: list[dict[str, Any]]  # one summary row per trace (the table the CLI prints)
+    skipped: list[str]  # messages for rows skipped with --skip-bad
+    analysis_path: Path
+    report_path: Path
+
+
+def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuristic", skip_bad: bool = False,
+                limit: int | None = None, scorer: str | None = None, title: str | None = None,
+                show_progress: bool = True) -> AnalyzeResult:
+    """Analyse every trace of a JSONL/JSON-list file into `out/analysis.jsonl` and `out/index.html`.
+
+    Both files are streamed to temporaries and renamed into place only when the whole input has been
+    processed, so a bad row (without `skip_bad`), a crash or Ctrl-C never leaves a half-written output.
+    """
+    from ..dag import build_dag
+    from ..formatting import Item
+    from ..io import InputError, atomic_write, dumps
+    from ..me2 import analyze
+    from ..report import ReportWriter
+    from ..scoring import load_scorer
+    from ..trace import load_traces
+
+    if structurer not in STRUCTURERS:
+        raise ValueError(f"unknown structurer {structurer!r}; expected one of: {', '.join(STRUCTURERS)}")
+    if limit is not None and limit < 0:
+        raise ValueError("--limit must be >= 0")
+    traces, out = Path(traces), Path(out)
+    if not traces.is_file():
+        raise InputError("file not found" if not traces.exists() else "not a file", file=traces)
+    skipped: list[str] = []
+    rows: list[dict[str, Any]] = []
+    scorer_obj = load_scorer(scorer) if scorer else None
+    analysis_path, report_path = out / "analysis.jsonl", out / "index.html"
+
+    def on_bad(e: InputError) -> None:
+        skipped.append(str(e))
+        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+
+    stream = load_traces(traces, skip_bad=skip_bad, on_bad=on_bad)
+    total = _count_lines(traces)
+    if limit is not None:
+        total = min(total, limit) if total is not None else limit
+    try:
+        with atomic_write(analysis_path) as jf, atomic_write(report_path) as hf:
+            report = ReportWriter(hf, title=title or f"thinkrm · {traces.name}", structurer=structurer)
+            batch: list[tuple[Any, Any]] = []
+
+            def flush() -> None:
+                scores: list[float | None] = [None] * len(batch)
+                if scorer_obj is not None and batch:
+                    scores = list(scorer_obj.score([Item(t.prompt, t.reasoning) for t, _ in batch]))
+                for (trace, result), score in zip(batch, scores):
+                    record = trace.to_dict()
+                    record.update(steps=[s.to_dict() for s in result.dag.steps], dag=result.dag.to_dict(),
+                                  me2=result.to_dict())
+                    if score is not None:
+                        record["score"] = score
+                    jf.write(dumps(record) + "\n")
+                    report.add(trace, result, score)
+                    rows.append(_summary_row(trace.id, result, score))
+                batch.clear()
+
+            items = stream if limit is None else _take(stream, limit)
+            for trace in progress(items, "analyzing", total=total) if show_progress else items:
+                dag = build_dag(trace.reasoning, structurer)
+                batch.append((trace, analyze(trace, dag=dag)))
+                if len(batch) >= SCORE_BATCH:
+                    flush()
+            flush()
+            report.finish()
+    finally:
+        if scorer_obj is not None:
+            scorer_obj.close()
+    return AnalyzeResult(rows=rows, skipped=skipped, analysis_path=analysis_path, report_path=report_path)
+
+
+def _take(items, n: int):
+    for i, item in enumerate(items):
+        if i >= n:
+            return
+        yield item
+
+
+def _count_lines(path: Path) -> int | None:
+    """Non-blank lines of a JSONL file, for the progress bar's total (None for a JSON list)."""
+    with open(path, "rb") as f:
+        if f.read(4096).lstrip().startswith(b"["):
+            return None
+        f.seek(0)
+        return sum(1 for line in f if line.strip())
+
+
+def _summary_row(trace_id: str, result, score: float | None) -> dict[str, Any]:
+    flat = result.flat()
+    row = {"id": trace_id, "steps": result.size["steps"], "supernodes": result.size["supernodes"], **flat}
+    if score is not None:
+        row["score"] = score
+    return row
+
+
+def _print_summary(res: AnalyzeResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=150)  # piped or captured: rich's 80-column default would truncate every cell
+    rows = res.rows
+    has_score = any("score" in r for r in rows)
+    table = Table(title=f"ME² summary ({len(rows)} trace{'s' if len(rows) != 1 else ''})", header_style="bold")
+    cols = [("id", "id"), ("steps", "steps"), ("supernodes", "super-nodes"), ("backtracks", "backtracks"),
+            ("off_path_share", "off-path"), ("dead_ends", "dead ends"), ("filler_per_1k", "filler/1k"),
+            ("near_duplicate_steps", "near-dup"), ("self_corrections", "self-corr."), ("arith", "arith. wrong")]
+    if has_score:
+        cols.append(("score", "score"))
+    for key, label in cols:
+        table.add_column(label, justify="left" if key == "id" else "right", overflow="ellipsis",
+                         max_width=24 if key == "id" else None)
+    for r in rows[:SUMMARY_ROWS]:
+        cells = []
+        for key, _ in cols:
+            if key == "arith":
+                cells.append(f"{r['arithmetic_wrong']}/{r['arithmetic_checked']}")
+            elif key == "off_path_share":
+                cells.append(f"{r[key]:.0%}")
+            elif key == "score":
+                cells.append("–" if r.get("score") is None else f"{r['score']:.3f}")
+            else:
+                cells.append(str(r[key]))
+        table.add_row(*cells)
+    if len(rows) > SUMMARY_ROWS:
+        table.caption = f"first {SUMMARY_ROWS} of {len(rows)} traces; all of them are in the report"
+    out.print(table)
+    if res.skipped:
+        out.print(f"[yellow]{len(res.skipped)} bad row(s) skipped[/] (listed above)")
+    out.print(f"wrote {res.analysis_path} and the report [bold]{res.report_path}[/]"
+              f" (open file://{res.report_path.resolve()})", highlight=False, soft_wrap=True)
+
+
+def analyze_command(
+    traces: Path = typer.Argument(..., help="traces as JSONL or a JSON list (prompt + reasoning or response)"),
+    out: Path = typer.Option(..., "-o", "--out", help="output directory for analysis.jsonl and index.html"),
+    structurer: str = typer.Option("heuristic", help="who proposes DAG actions: heuristic | embedding"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="report and skip malformed rows instead of stopping"),
+    limit: int | None = typer.Option(None, "--limit", help="analyse only the first N traces"),
+    scorer: str | None = typer.Option(None, "--scorer", help="also score each trace, e.g. 'lite', 'hf:PATH', "
+                                      "'vllm:URL' (see thinkrm.load_scorer)"),
+) -> None:
+    """Split traces into steps, build their reasoning DAGs, compute ME² signals, write a browsable report."""
+    with user_errors():
+        res = run_analyze(traces, out, structurer=structurer, skip_bad=skip_bad, limit=limit, scorer=scorer)
+    _print_summary(res)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("analyze")(analyze_command)

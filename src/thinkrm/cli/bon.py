@@ -1,9 +1,120 @@
-"""CLI commands (to be filled by the owning work stream)."""
+"""`thinkrm bon`: Best-of-N accuracy of a scorer on a candidate pool, with baselines, a plot and a table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from .common import console, user_errors
+
+
+def _parse_list(text: str, name: str, cast=str) -> list:
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}: expected a comma-separated list, got {text!r}") from None
+    if not items:
+        raise ValueError(f"--{name}: empty list")
+    return items
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy vs N: strategies as solid lines, baselines dashed, 95% CIs as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    lines = [(n, s, "-") for n, s in result["strategies"].items()]
+    lines += [(n, s, "--") for n, s in result["baselines"].items()
+              if not (n == "majority-vote" and "vote" in result["strategies"])]
+    for name, stats, style in lines:
+        ns = [int(n) for n in stats]
+        mean = [stats[str(n)]["mean"] * 100 for n in ns]
+        (line,) = ax.plot(ns, mean, style, marker="o", label=name)
+        ax.fill_between(ns, [stats[str(n)]["ci_low"] * 100 for n in ns],
+                        [stats[str(n)]["ci_high"] * 100 for n in ns], color=line.get_color(), alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result["ns"], [str(n) for n in result["ns"]])
+    ax.set_xlabel("N (candidates per problem)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Best-of-N, scorer {result['scorer']} ({result['n_problems']} problems, "
+                 f"{result['repeats']} repeats)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def table(result: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"Best-of-N accuracy (%), scorer {result['scorer']}, 95% CI over problems")
+    t.add_column("method")
+    for n in result["ns"]:
+        t.add_column(f"N={n}", justify="right")
+    rows = [(n, s) for n, s in result["strategies"].items()] + [(n, s) for n, s in result["baselines"].items()]
+    for i, (name, stats) in enumerate(rows):
+        cells = []
+        for n in result["ns"]:
+            st = stats[str(n)]
+            cells.append(f"{st['mean'] * 100:.1f} ±{(st['ci_high'] - st['mean']) * 100:.1f}")
+        t.add_row(name, *cells, end_section=i == len(result["strategies"]) - 1)
+    return t
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("bon")
+    def bon_cmd(
+        candidates: Path = typer.Argument(..., help="Candidates JSONL: problem_id, prompt, response, "
+                                          "correct and/or gold."),
+        scorer: str = typer.Option("lite", help="Scorer spec: lite, hf:DIR, length, random[:SEED], vllm:URL, "
+                                   "sglang:URL, openrlhf:URL, thinkrm:URL."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output directory (bon.json, bon.png, score cache)."),
+        n: str = typer.Option("1,2,4,8,16", "--n", help="Values of N, comma-separated (capped at the pool size)."),
+        repeats: int = typer.Option(5, help="Random subsets of N per problem to average over."),
+        strategies: str = typer.Option("argmax,vote,weighted-vote", help="Selection rules, comma-separated."),
+        temperature: float = typer.Option(1.0, help="Softmax temperature of weighted-vote."),
+        seed: int = typer.Option(0, help="Seed of the random subsets."),
+        verify_timeout: float = typer.Option(5.0, help="Seconds per answer check before it counts as wrong."),
+        workers: int | None = typer.Option(None, help="Verifier processes (default: min(4, CPUs))."),
+    ) -> None:
+        """Best-of-N selection by a thinking reward model vs random, shortest, longest, oracle, majority vote.
+
+        Example: thinkrm bon ../shared/data/gsm8k-candidates/dev.jsonl --scorer lite -o out/bon-gsm8k
+        Scores are cached in OUTDIR, so a rerun (or a killed run) only scores what is missing.
+        """
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from ..bon import best_of_n, load_candidates
+        from ..io import write_json
+
+        with user_errors():
+            ns = _parse_list(n, "n", int)
+            rules = _parse_list(strategies, "strategies")
+            cands = load_candidates(candidates)
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), console=console, disable=not console.is_terminal) as bar:
+                task = bar.add_task("scoring", total=None)
+
+                def on_progress(stage: str, done: int, total: int) -> None:
+                    bar.update(task, description=stage, completed=done, total=total)
+
+                result = best_of_n(cands, scorer, strategies=rules, ns=ns, repeats=repeats, seed=seed,
+                                   temperature=temperature, cache_dir=out, verify_timeout=verify_timeout,
+                                   workers=workers, on_progress=on_progress)
+            result["input"] = str(candidates)
+            write_json(out / "bon.json", result)
+            plot(result, out / "bon.png")
+        Console().print(table(result))  # the table is the result: stdout, unlike progress and messages
+        sc = result["timings"]["scoring"]
+        console.print(f"scored {sc['scored']} candidates in {sc['seconds']:.1f}s ({sc['cached']} cached); "
+                      f"wrote {out / 'bon.json'} and {out / 'bon.png'}", highlight=False)

@@ -1,9 +1,66 @@
-"""CLI commands (to be filled by the owning work stream)."""
+"""`thinkrm serve`: put a scorer behind the SGLang, vLLM, OpenRLHF and thinkrm HTTP protocols."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import typer
+
+from .common import console, user_errors
+
+
+def _default(name: str):
+    """Flag defaults come from `ServeConfig`, so the CLI and the Python API cannot drift apart."""
+    from ..serve import ServeConfig
+
+    return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("serve")
+    def serve_cmd(
+        scorer: str = typer.Option(_default("scorer"), help="Scorer spec: lite, hf:DIR, length, random[:SEED], "
+                                   "vllm:URL, sglang:URL, openrlhf:URL, thinkrm:URL."),
+        host: str = typer.Option(_default("host"), help="Interface to bind; 0.0.0.0 exposes it to the network."),
+        port: int = typer.Option(_default("port"), help="TCP port (0 picks a free one)."),
+        api_key: str | None = typer.Option(None, envvar="THINKRM_API_KEY", show_envvar=True,
+                                           help="Bearer token required on every route except /health."),
+        model_name: str | None = typer.Option(None, help="The \"model\" echoed in responses (default: the spec)."),
+        max_batch_size: int = typer.Option(_default("max_batch_size"),
+                                           help="Most items per scorer call; 1 turns micro-batching off."),
+        max_wait_ms: float = typer.Option(_default("max_wait_ms"),
+                                          help="How long a request waits for others to share its batch."),
+        max_body_bytes: int = typer.Option(_default("max_body_bytes"), help="Larger request bodies get 413."),
+        max_items: int = typer.Option(_default("max_items"), help="More items per request get 413."),
+        max_chars: int = typer.Option(_default("max_chars"), help="Longer input strings get 422."),
+        alpha: float = typer.Option(_default("alpha"), help="Gated-reward weight of the TRM score (/get_reward)."),
+        graceful_timeout_s: float = typer.Option(_default("graceful_timeout_s"),
+                                                 help="On SIGTERM, how long in-flight requests may finish."),
+        log_level: str = typer.Option(_default("log_level"), help="uvicorn log level."),
+    ) -> None:
+        """Serve a reward model over HTTP: /v1/embeddings, /classify, /get_reward, /score, /health, /metrics.
+
+        Example: thinkrm serve --scorer hf:out/trm --port 8000, then
+        curl -s localhost:8000/score -d '{"items": [{"prompt": "2+3?", "response": "2+3=5"}]}'
+        """
+        from ..scoring import load_scorer
+        from ..serve import ServeConfig, serve
+
+        with user_errors():
+            config = ServeConfig(scorer=scorer, host=host, port=port, api_key=api_key, model_name=model_name,
+                                 max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                 max_body_bytes=max_body_bytes, max_items=max_items, max_chars=max_chars,
+                                 alpha=alpha, graceful_timeout_s=graceful_timeout_s, log_level=log_level)
+            loaded = load_scorer(scorer)
+        auth = "bearer token required" if config.api_key else "no API key (set --api-key / THINKRM_API_KEY)"
+
+        def announce(url: str) -> None:
+            console.print(f"[bold]thinkrm serve[/]: {scorer} on {url} ({auth}); pid {os.getpid()}; "
+                          "Ctrl-C or SIGTERM drains and stops", highlight=False)
+
+        try:
+            with user_errors():
+                serve(config, loaded, on_ready=announce)
+        finally:
+            loaded.close()

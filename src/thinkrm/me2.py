@@ -1,0 +1,433 @@
+"""ME² analysis: interpretable signals of how a trace reasons, grouped by the four ME² dimensions.
+
+The reward models score a trace with one opaque number; these signals say *why* a trace looks wasteful or
+shaky, in counts a person can check against the text: how often it backtracked, how much of it never led to
+the answer, how padded its steps are, whether its arithmetic holds. They are cheap on purpose (regexes, word
+sets and the DAG, no model), so `thinkrm analyze` can run over thousands of long traces on a laptop.
+
+Every signal is registered in `SIGNALS` with its dimension, its definition and which direction is better;
+docs/me2.md is the long form of the same definitions.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .dag import DAG
+
+DIMENSIONS = ("macro_efficiency", "macro_effectiveness", "micro_efficiency", "micro_effectiveness")
+Better = Literal["lower", "higher"]
+Value = int | float | None
+
+
+@dataclass(frozen=True)
+class SignalDef:
+    name: str
+    dimension: str
+    definition: str
+    better: Better
+
+
+SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
+    SignalDef("backtracks", "macro_efficiency", "steps the DAG attaches by backtracking to an earlier main-path "
+              "step (each one abandons the current line of thought)", "lower"),
+    SignalDef("restarts", "macro_efficiency", "backtracks whose target lies in the root super-node, i.e. the "
+              "trace starts over from the problem set-up", "lower"),
+    SignalDef("reopened_branches", "macro_efficiency", "backtracks to a step that an earlier backtrack already "
+              "returned to: the trace goes back to a fork it had already reconsidered", "lower"),
+    SignalDef("off_path_share", "macro_efficiency", "share of steps that are not on the answer path (the answer "
+              "leaf and its ancestors)", "lower"),
+    SignalDef("dead_ends", "macro_efficiency", "leaf super-nodes other than the answer leaf: branches that were "
+              "abandoned without feeding into the answer", "lower"),
+    SignalDef("path_coherence", "macro_effectiveness", "mean overlap coefficient |A∩B|/min(|A|,|B|) of the "
+              "content words of consecutive answer-path super-nodes (null when the path has one node)", "higher"),
+    SignalDef("question_drift", "macro_effectiveness", "share of steps that share no content word or number with "
+              "the prompt (null without a prompt)", "lower"),
+    SignalDef("unsupported_claims", "macro_effectiveness", "hand-waving phrases that assert instead of showing "
+              "(\"obviously\", \"clearly\", \"it is easy to see\", ...) per 1,000 words", "lower"),
+    SignalDef("words_per_step", "micro_efficiency", "mean whitespace-separated words per step", "lower"),
+    SignalDef("filler_per_1k", "micro_efficiency", "filler phrases (\"hmm\", \"okay so\", \"let me think\", "
+              "\"basically\", ...) per 1,000 words", "lower"),
+    SignalDef("near_duplicate_steps", "micro_efficiency", "steps whose word 3-shingles have Jaccard >= 0.5 with "
+              "some earlier step (near-verbatim repetition)", "lower"),
+    SignalDef("paraphrase_loops", "micro_efficiency", "steps that restate an earlier step in other words: "
+              "content-word Jaccard >= 0.6 with it while not a near-duplicate", "lower"),
+    SignalDef("reverifications", "micro_efficiency", "verification steps (\"let me check/verify\", \"double-"
+              "check\", \"to confirm\", ...) after the first one", "lower"),
+    SignalDef("self_corrections", "micro_effectiveness", "explicit admissions of an error (\"no, that's wrong\", "
+              "\"I made a mistake\", \"that's incorrect\", ...): each marks a false step earlier", "lower"),
+    SignalDef("conflicting_values", "micro_effectiveness", "quantities assigned two or more different numbers "
+              "(\"x = 3\" ... \"x = 5\")", "lower"),
+    SignalDef("arithmetic_checked", "micro_effectiveness", "numeric claims `a op b = c` (+ - * / ^, chains "
+              "allowed) found and evaluated", "higher"),
+    SignalDef("arithmetic_wrong", "micro_effectiveness", "checked arithmetic claims whose two sides differ "
+              "(beyond the rounding the right-hand side's decimals allow)", "lower"),
+]}
+
+MAX_FINDINGS = 200  # per trace: enough to highlight every problem in a report, bounded for huge traces
+
+_STOP = frozenset("""a an the and or but if then so of to in on at by for with from as is are was were be been
+being it its this that these those there here we i you he she they me my our your their us them do does did
+doing have has had having not no yes can could would should will shall may might must just also very too than
+into out up down over under again further once only own same such both each few more most other some any all
+what which who whom whose why how when where let lets let's now get got make made take like well okay ok one
+wait hmm actually maybe think need see know say said""".split())
+
+_WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+
+_FILLER = re.compile(r"\b(?:hmm+|um+|uh+|okay,? so|ok,? so|alright|let me think|let me see|you know|basically|"
+                     r"i mean|kind of|sort of|i guess|just to be (?:sure|safe)|anyway|so yeah|well,)\b",
+                     re.IGNORECASE)
+_UNSUPPORTED = re.compile(r"\b(?:obviously|clearly|trivially|it is (?:easy|clear|obvious) (?:to see )?that|"
+                          r"it's (?:easy|clear|obvious) (?:to see )?that|it is well[- ]known|"
+                          r"it's well[- ]known)\b", re.IGNORECASE)
+_CORRECTION = re.compile(r"(?:\bno,? (?:that's|that is|this is|it's) (?:wrong|not right|incorrect|not correct)|"
+                         r"\bthat(?:'s| is| was) (?:wrong|incorrect|not right|a mistake)|\bi made (?:a|an) "
+                         r"(?:mistake|error)|\bi (?:miscalculated|misread|messed up)|\bmy mistake\b|\boops\b|"
+                         r"\bscratch that\b|\bwait,? no\b|\bthat (?:can't|cannot) be right)", re.IGNORECASE)
+_VERIFY = re.compile(r"^\W*(?:\w+,?\s+){0,3}?(?:let me (?:double[- ])?(?:check|verify|confirm)|let's (?:double[- ])?"
+                     r"(?:check|verify|confirm)|double[- ]check|to (?:verify|confirm|check)|verify(?:ing)?:|"
+                     r"sanity check|checking:?)", re.IGNORECASE)
+
+# `x = 3`: an identifier assigned a plain number (not an expression: `x = 3 + y` states no value).
+_ASSIGN = re.compile(r"(?<![\w\\.^])([A-Za-z][A-Za-z_]{0,15}(?:_\{?\w+\}?)?)\s*=\s*(-?\d+(?:\.\d+)?)"
+                     r"(?![\w^/*+({]|\.\d|\s*[-+*/^×÷=]\s*[\w(])")
+
+# Possessive quantifiers and the start boundary keep the scan linear: without them a long run of digits
+# (some traces hold 300-digit numbers) makes the engine retry every split of the run, quadratically.
+_NUM = r"\d++(?:,\d{3}(?!\d))*+(?:\.\d++)?+"
+_OP = r"(?:[-+*/^×÷·−]|\\times|\\cdot|\\div)"
+_EXPR = rf"[(\s]*+-?{_NUM}(?:[\s)]*+{_OP}[\s(]*+-?{_NUM})*+[\s)]*+"
+_CHAIN = re.compile(rf"(?<![\w.,]){_EXPR}(?:=(?!=){_EXPR})++")
+_OP_TRANSLATE = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
+                 ("−", "-"), ("^", "**")]
+_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Pow: operator.pow}
+
+
+@dataclass
+class Finding:
+    """One located observation behind a signal, for highlighting in reports. Offsets index the reasoning."""
+
+    kind: str  # a signal name
+    start: int
+    end: int
+    step: int
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "start": self.start, "end": self.end, "step": self.step, "note": self.note}
+
+
+@dataclass
+class Analysis:
+    """The ME² analysis of one trace: its DAG, size, signals per dimension and the findings behind them."""
+
+    dag: DAG
+    signals: dict[str, dict[str, Value]]  # dimension -> signal name -> value
+    size: dict[str, int]  # steps, supernodes, words, chars, depth
+    findings: list[Finding] = field(default_factory=list)
+    id: str | None = None
+
+    def flat(self) -> dict[str, Value]:
+        """All signals in one mapping (signal names are unique across dimensions)."""
+        return {k: v for dim in DIMENSIONS for k, v in self.signals[dim].items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `me2` field of `analysis.jsonl` (the DAG is serialised separately, as `dag`)."""
+        return {"size": self.size, **self.signals, "findings": [f.to_dict() for f in self.findings]}
+
+
+def analyze(trace_or_text: Any, structurer: Any = "heuristic", *, prompt: str | None = None,
+            dag: DAG | None = None) -> Analysis:
+    """Analyse a `Trace` (its prompt is used) or a reasoning string.
+
+    A prebuilt `dag` skips partitioning and structuring, so callers that already hold the DAG (the report,
+    the judge) do not pay for it twice.
+    """
+    trace_id = None
+    if isinstance(trace_or_text, str):
+        text = trace_or_text
+    elif hasattr(trace_or_text, "reasoning"):
+        text = trace_or_text.reasoning
+        trace_id = getattr(trace_or_text, "id", None)
+        if prompt is None:
+            prompt = getattr(trace_or_text, "prompt", None)
+    else:
+        raise TypeError(f"analyze() takes a Trace or a string, not {type(trace_or_text).__name__}")
+    if dag is None:
+        from .dag import build_dag
+
+        dag = build_dag(text, structurer)
+    return _Analyzer(dag, prompt).run(trace_id)
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and (len(w) > 1 or w.isdigit())}
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / min(len(a), len(b)) if a and b else 0.0
+
+
+class _Analyzer:
+    def __init__(self, dag: DAG, prompt: str | None):
+        self.dag = dag
+        self.text = dag.text
+        self.prompt = prompt
+        self.steps = dag.steps
+        self.findings: list[Finding] = []
+        self._starts = [s.start for s in self.steps]
+        self.words = [len(s.text.split()) for s in self.steps]
+        self.total_words = sum(self.words)
+        self.content = [_content(s.text) for s in self.steps]
+
+    def step_at(self, offset: int) -> int:
+        import bisect
+
+        return max(0, bisect.bisect_right(self._starts, offset) - 1)
+
+    def find(self, kind: str, start: int, end: int, note: str = "") -> None:
+        if len(self.findings) < MAX_FINDINGS:
+            self.findings.append(Finding(kind, start, end, self.step_at(start), note))
+
+    def per_1k(self, count: int) -> float:
+        return round(1000.0 * count / self.total_words, 2) if self.total_words else 0.0
+
+    def run(self, trace_id: str | None) -> Analysis:
+        dag = self.dag
+        size = {"steps": len(self.steps), "supernodes": len(dag.supernodes), "words": self.total_words,
+                "chars": len(self.text), "depth": max((s.depth for s in dag.supernodes), default=0)}
+        signals = {"macro_efficiency": self.macro_efficiency(), "macro_effectiveness": self.macro_effectiveness(),
+                   "micro_efficiency": self.micro_efficiency(), "micro_effectiveness": self.micro_effectiveness()}
+        self.findings.sort(key=lambda f: (f.start, f.kind))
+        return Analysis(dag=dag, signals=signals, size=size, findings=self.findings, id=trace_id)
+
+    # -- macro-efficiency: the shape of the DAG -------------------------------------------------------------
+    def macro_efficiency(self) -> dict[str, Value]:
+        dag = self.dag
+        root_steps = set(dag.supernodes[0].members) if dag.supernodes else set()
+        targets: set[int] = set()
+        backtracks = restarts = reopened = 0
+        for n in dag.nodes:
+            if n.action != "backtrack" or not n.parents:
+                continue
+            backtracks += 1
+            target = n.parents[0]
+            s = self.steps[n.id]
+            if target in root_steps:
+                restarts += 1
+                self.find("restarts", s.start, s.end, f"restarts from step {target}")
+            if target in targets:
+                reopened += 1
+                self.find("reopened_branches", s.start, s.end, f"returns again to step {target}")
+            targets.add(target)
+        on_path = {m for sid in dag.answer_path for m in dag.supernodes[sid].members}
+        dead = [s for s in dag.supernodes if not s.children and s.id != dag.answer_node]
+        for s in dead:
+            first, last = self.steps[s.members[0]], self.steps[s.members[-1]]
+            self.find("dead_ends", first.start, last.end, f"super-node {s.id} never reaches the answer")
+        off = 1.0 - len(on_path) / len(self.steps) if self.steps else 0.0
+        return {"backtracks": backtracks, "restarts": restarts, "reopened_branches": reopened,
+                "off_path_share": round(off, 3), "dead_ends": len(dead)}
+
+    # -- macro-effectiveness: is the structure coherent and on target ---------------------------------------
+    def macro_effectiveness(self) -> dict[str, Value]:
+        dag = self.dag
+        path_words = [set().union(*(self.content[m] for m in dag.supernodes[sid].members)) for sid in dag.answer_path]
+        pairs = [_overlap(a, b) for a, b in zip(path_words, path_words[1:])]
+        coherence = round(sum(pairs) / len(pairs), 3) if pairs else None
+        drift: float | None = None
+        if self.prompt is not None and self.steps:
+            pw = _content(self.prompt)
+            off = [i for i, c in enumerate(self.content) if not (c & pw)]
+            drift = round(len(off) / len(self.steps), 3)
+        unsupported = 0
+        for m in _UNSUPPORTED.finditer(self.text):
+            unsupported += 1
+            self.find("unsupported_claims", m.start(), m.end(), m.group(0))
+        return {"path_coherence": coherence, "question_drift": drift,
+                "unsupported_claims": self.per_1k(unsupported)}
+
+    # -- micro-efficiency: are the steps concise -------------------------------------------------------------
+    def micro_efficiency(self) -> dict[str, Value]:
+        filler = sum(1 for _ in _FILLER.finditer(self.text))
+        near_dup, paraphrase = self.repetitions()
+        verifications = 0
+        for s in self.steps:
+            if _VERIFY.match(s.text):
+                verifications += 1
+                if verifications > 1:
+                    self.find("reverifications", s.start, s.end, f"verification #{verifications}")
+        wps = round(self.total_words / len(self.steps), 1) if self.steps else 0.0
+        return {"words_per_step": wps, "filler_per_1k": self.per_1k(filler), "near_duplicate_steps": near_dup,
+                "paraphrase_loops": paraphrase, "reverifications": max(0, verifications - 1)}
+
+    def repetitions(self) -> tuple[int, int]:
+        """(near-duplicate steps, paraphrased steps), via inverted indexes so long traces stay fast.
+
+        Comparing every pair of steps is quadratic in text; counting shared keys through postings lists only
+        touches step pairs that share something. Very common keys (in over half the steps, at least 20) carry
+        no information about repetition and would bring back the quadratic cost, so they are dropped.
+        """
+        shingles = []
+        for s in self.steps:
+            w = s.text.lower().split()
+            shingles.append({" ".join(w[i:i + 3]) for i in range(len(w) - 2)})
+        dup = self._similar(shingles, 0.5)
+        para = self._similar(self.content, 0.6, min_size=4)
+        near = para_n = 0
+        for i in range(len(self.steps)):
+            s = self.steps[i]
+            if i in dup:
+                near += 1
+                self.find("near_duplicate_steps", s.start, s.end, f"repeats step {dup[i]}")
+            elif i in para:
+                para_n += 1
+                self.find("paraphrase_loops", s.start, s.end, f"restates step {para[i]}")
+        return near, para_n
+
+    def _similar(self, sets: list[set[str]], threshold: float, min_size: int = 1) -> dict[int, int]:
+        """For each set, the first earlier set with Jaccard >= threshold (index -> earlier index)."""
+        df: dict[str, int] = defaultdict(int)
+        for s in sets:
+            for k in s:
+                df[k] += 1
+        cap = max(20, len(sets) // 2)
+        postings: dict[str, list[int]] = defaultdict(list)
+        found: dict[int, int] = {}
+        for i, s in enumerate(sets):
+            keys = [k for k in s if df[k] <= cap]
+            if len(s) >= min_size:
+                shared: dict[int, int] = defaultdict(int)
+                for k in keys:
+                    for j in postings[k]:
+                        shared[j] += 1
+                for j in sorted(shared):
+                    inter = shared[j]
+                    if inter / (len(s) + len(sets[j]) - inter) >= threshold:
+                        found[i] = j
+                        break
+            if len(s) >= min_size:
+                for k in keys:
+                    postings[k].append(i)
+        return found
+
+    # -- micro-effectiveness: is each step valid -------------------------------------------------------------
+    def micro_effectiveness(self) -> dict[str, Value]:
+        corrections, last_end = 0, -100
+        for m in _CORRECTION.finditer(self.text):
+            # "Wait, no, that's wrong" is one admission, not two.
+            if m.start() - last_end > 20:
+                corrections += 1
+                self.find("self_corrections", m.start(), m.end(), m.group(0))
+            last_end = m.end()
+        values: dict[str, dict[float, tuple[int, int]]] = defaultdict(dict)
+        for m in _ASSIGN.finditer(self.text):
+            v = float(m.group(2))
+            values[m.group(1)].setdefault(v, (m.start(), m.end()))
+        conflicts = 0
+        for name, seen in values.items():
+            if len(seen) > 1:
+                conflicts += 1
+                vals = ", ".join(f"{v:g}" for v in seen)
+                for start, end in list(seen.values())[1:]:
+                    self.find("conflicting_values", start, end, f"{name} takes values {vals}")
+        checked = wrong = 0
+        for claim in self.arithmetic_claims():
+            checked += 1
+            if not claim[2]:
+                wrong += 1
+                self.find("arithmetic_wrong", claim[0], claim[1], claim[3])
+        return {"self_corrections": corrections, "conflicting_values": conflicts, "arithmetic_checked": checked,
+                "arithmetic_wrong": wrong}
+
+    def arithmetic_claims(self):
+        """Yield (start, end, holds, note) for each `expr = expr` pair where a side has an operator."""
+        ops = "*/+-×÷·−^="
+        for m in _CHAIN.finditer(self.text):
+            raw = m.group(0)
+            start = m.start() + len(raw) - len(raw.lstrip())
+            end = m.end() - (len(raw) - len(raw.rstrip()))
+            touching = self.text[start - 1:start] if start else ""
+            following = self.text[end:end + 1]
+            prev_sym = self.text[:start].rstrip()[-1:]
+            next_sym = self.text[end:].lstrip()[:1]
+            # Touching a variable, a LaTeX command or another operator means the numbers are part of a larger
+            # expression (`x - 2 + 3 = 1`), and checking the numeric fragment alone would be wrong.
+            if (touching.isalnum() or touching in ("\\", "_", ".", "^", "{", "}", ")")
+                    or (prev_sym and prev_sym in ops.replace("=", ""))
+                    or following.isalnum() or following in ("\\", "_", "^", "{", "(")
+                    or (next_sym and next_sym in ops)):
+                continue
+            sides = m.group(0).split("=")
+            for left, right in zip(sides, sides[1:]):
+                if not (_has_op(left) or _has_op(right)):
+                    continue
+                lv, rv = _evaluate(left), _evaluate(right)
+                if lv is None or rv is None:
+                    continue
+                claim = f"{left.strip()} = {right.strip()}"
+                holds = _close(lv, rv, right if not _has_op(right) else None)
+                yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})"
+
+
+def _has_op(expr: str) -> bool:
+    s = expr.strip().lstrip("(").lstrip()
+    s = s[1:] if s.startswith("-") else s  # a leading minus is a sign, not a claim
+    return bool(re.search(_OP, s))
+
+
+def _evaluate(expr: str) -> float | None:
+    """Safely evaluate a numeric expression (numbers, + - * / ^, parentheses); None if not evaluable."""
+    s = expr.strip()
+    for a, b in _OP_TRANSLATE:
+        s = s.replace(a, b)
+    s = re.sub(r"(?<=\d),(?=\d{3})", "", s)
+    try:
+        tree = ast.parse(s, mode="eval")
+    except SyntaxError:
+        return None
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(b) > 64 or abs(a) > 1e6):
+                raise OverflowError  # bounded so `9^9^9` cannot stall the analysis
+            return _BIN[type(node.op)](a, b)
+        raise ValueError
+
+    try:
+        v = ev(tree)
+    except (ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
+        return None
+    return v if isinstance(v, float) and math.isfinite(v) else None
+
+
+def _close(lv: float, rv: float, literal: str | None) -> bool:
+    """Equal, allowing the rounding a decimal right-hand side implies (`1/3 = 0.33` holds)."""
+    if math.isclose(lv, rv, rel_tol=1e-9, abs_tol=1e-9):
+        return True
+    if literal is not None and "." in literal:
+        decimals = len(literal.strip().strip(")").split(".")[-1])
+        return abs(lv - rv) <= 0.5 * 10 ** -decimals * 1.000001
+    return False
+
+
+def signal_table() -> list[dict[str, str]]:
+    """The definitions as rows (dimension, name, better, definition), for docs and the report legend."""
+    return [{"dimension": s.dimension, "name": s.name, "better": s.better, "definition": s.definition}
+            for s in SIGNALS.values()]

@@ -1,0 +1,470 @@
+"""Bradley-Terry training of thinking reward models, on top of TRL's `RewardTrainer`.
+
+Why a wrapper at all: TRL owns the loss (`-log sigmoid(r_chosen - r_rejected - margin)` plus optional reward
+centering), the optimiser, the schedule and the multi-GPU plumbing; what thinkrm adds is everything that makes
+the trained model score the way thinkrm will later use it:
+
+* pairs are validated once up front (`thinkrm.pairs`), bad ones counted and reported, never a crash mid-run;
+* each side is encoded with thinkrm's own input format and truncation policy, then handed to TRL already
+  tokenised (`chosen_ids` / `rejected_ids`), so TRL appends no EOS and applies no chat template behind our back:
+  the model trains on exactly the token ids that `hf:` scoring, the server and RL will show it;
+* the tokenizer gets a real pad token distinct from EOS (the classifier reads the score at the last non-pad
+  token, so padding with EOS would hide a trailing EOS);
+* the output is one plain one-label sequence-classification checkpoint (LoRA merged in) that transformers,
+  vLLM (`--runner pooling`) and SGLang (`--is-embedding`) load unchanged, plus a `thinkrm.json` sidecar
+  recording the input mode, written last so its presence means the checkpoint is complete.
+
+Multi-GPU: run this module under accelerate, e.g.
+`accelerate launch --config_file configs/accelerate/ddp.yaml -m thinkrm.train pairs.jsonl --base hf:M -o DIR`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .formatting import DEFAULT_MAX_LENGTH, INPUT_FORMATS, SIDECAR, InputConfig, InputEncoder
+from .io import InputError, write_json
+from .pairs import Pair, load_pairs
+
+REPORT = "train_report.json"
+CHECKPOINTS = "checkpoints"
+# Added only when the base tokenizer has no pad token of its own (Llama-3.1 has none).
+PAD_TOKEN = "<|thinkrm_pad|>"
+
+
+@dataclass
+class TrainConfig:
+    """Everything `thinkrm train` accepts; each field is also a CLI flag (`output_dir` -> `--output-dir`)."""
+
+    pairs: str = field(default="", metadata={"help": "Preference pairs (JSONL or JSON list, TRL format)."})
+    output_dir: str = field(default="", metadata={"help": "Where the trained checkpoint is written."})
+    base: str = field(default="", metadata={"help": "Base model, 'hf:MODEL_ID_OR_PATH' (a causal LM or a classifier)."})
+    preset: str | None = field(default=None, metadata={"help": "Named recipe: " + ", ".join(("trm-8b", "cpu-debug"))})
+    input_format: str = field(default="plain", metadata={
+        "help": "'plain' = prompt + newline + reasoning (as TRM-8B is served); 'chat' = the tokenizer's chat template."})
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={
+        "help": "Max tokens per side; longer inputs keep the prompt and the end of the reasoning (see docs)."})
+    over_length: str = field(default="truncate", metadata={
+        "help": "Sides over --max-length: 'truncate' (counted in the report) or 'skip' the pair."})
+    # optimisation
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)."})
+    batch_size: int = field(default=8, metadata={
+        "help": "Effective (global) batch in pairs; gradient accumulation is derived from it and the GPU count."})
+    per_device_batch_size: int = field(default=8, metadata={"help": "Pairs per device per forward pass."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, ...)."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps spent warming up, in [0, 1)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    center_rewards_coefficient: float | None = field(default=None, metadata={
+        "help": "Reward centering: adds coef * mean((r_c + r_r)^2) to keep scores near zero."})
+    use_margin: bool = field(default=True, metadata={"help": "Subtract each pair's 'margin' inside the sigmoid."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (fp32 master weights)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
+    seed: int = field(default=0, metadata={"help": "Seeds the head init, the eval split and data order."})
+    # LoRA
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (score head fully trainable), merged at save."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Comma-separated module names, or 'all-linear'."})
+    # evaluation and checkpoints
+    eval_pairs: str | None = field(default=None, metadata={"help": "Held-out pairs file (instead of --eval-fraction)."})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "Hold out this fraction of prompts (all pairs of a prompt go to one side) for evaluation."})
+    eval_steps: int = field(default=50, metadata={"help": "Evaluate pairwise accuracy every N optimizer steps."})
+    keep_best: bool = field(default=True, metadata={
+        "help": "With evaluation: save the checkpoint with the best eval accuracy, not the last."})
+    save_steps: int = field(default=500, metadata={"help": "Resumable checkpoint every N steps (without eval)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in OUTPUT_DIR/checkpoints."})
+    keep_checkpoints: bool = field(default=False, metadata={
+        "help": "Keep OUTPUT_DIR/checkpoints after a successful run (deleted by default)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss/accuracy every N steps."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Weights dtype while training (float32 keeps tiny updates like lr 1e-6 from vanishing)."})
+    save_dtype: str | None = field(default=None, metadata={"help": "Cast the saved checkpoint (e.g. bfloat16)."})
+    report_to: str = field(default="none", metadata={"help": "Experiment tracker(s): none, wandb, tensorboard, ..."})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """A preset's values, then `overrides` on top (explicit settings always win)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], "preset": name, **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's TRM-8B recipe. 192 pairs per optimizer step on any number of GPUs (accumulation adapts).
+    "trm-8b": dict(base="hf:meta-llama/Llama-3.1-8B-Instruct", batch_size=192, per_device_batch_size=1,
+                   learning_rate=1e-6, num_epochs=1.0, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=1e-3,
+                   center_rewards_coefficient=0.001, max_length=8192, bf16=True, gradient_checkpointing=True,
+                   save_dtype="bfloat16"),
+    # A few minutes on a laptop CPU with a small base: checks the pipeline end to end, not a recipe.
+    "cpu-debug": dict(batch_size=8, per_device_batch_size=8, learning_rate=1e-4, num_epochs=1.0,
+                      lr_scheduler="linear", warmup_ratio=0.0, max_length=1024, bf16=False,
+                      gradient_checkpointing=False, eval_steps=20, logging_steps=5),
+}
+
+
+@dataclass
+class TrainReport:
+    """What happened: data accounting, the loss curve's ends, eval accuracy, throughput. Saved as train_report.json."""
+
+    output_dir: str
+    rows_read: int = 0
+    pairs_used: int = 0
+    eval_pairs: int = 0
+    bad_pairs: dict[str, int] = field(default_factory=dict)
+    bad_examples: list[str] = field(default_factory=list)
+    truncated_sides: int = 0
+    steps: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    initial_eval_accuracy: float | None = None
+    eval_accuracy: float | None = None
+    best_step: int | None = None
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def bad_total(self) -> int:
+        return sum(self.bad_pairs.values())
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Encoded:
+    rows: list[dict[str, Any]]
+    prompts: list[str]
+
+
+def _encode_pairs(pairs: list[Pair], encoder: InputEncoder, with_margin: bool, config: TrainConfig,
+                  report: TrainReport, note_bad) -> _Encoded:
+    """Token ids per side from thinkrm's one encoder (format + truncation policy), as scoring will see them."""
+    rows, prompts = [], []
+    chosen_all = encoder.encode_batch([(p.prompt, p.chosen) for p in pairs])
+    rejected_all = encoder.encode_batch([(p.prompt, p.rejected) for p in pairs])
+    for p, (chosen, cut_c), (rejected, cut_r) in zip(pairs, chosen_all, rejected_all):
+        if (cut_c or cut_r) and config.over_length == "skip":
+            note_bad(InputError(f"longer than --max-length {config.max_length} tokens", file=None,
+                                line=None, field="chosen" if cut_c else "rejected"), p)
+            continue
+        if chosen == rejected:
+            # Two different traces can agree on everything that survives truncation; such a pair has no signal.
+            note_bad(InputError("identical to 'chosen' after truncation to --max-length", field="rejected"), p)
+            continue
+        report.truncated_sides += cut_c + cut_r
+        row = {"chosen_ids": chosen, "rejected_ids": rejected}
+        if with_margin:
+            row["margin"] = float(p.margin or 0.0)
+        rows.append(row)
+        prompts.append(p.prompt)
+    return _Encoded(rows, prompts)
+
+
+def _split_by_prompt(enc: _Encoded, fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole prompts, so eval accuracy measures new problems, not new pairs of seen ones.
+
+    A prompt's side is decided by a seeded hash of its text: stable across runs and processes.
+    """
+    train, held = [], []
+    for row, prompt in zip(enc.rows, enc.prompts):
+        h = int.from_bytes(hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()[:8], "big") / 2**64
+        (held if h < fraction else train).append(row)
+    return train, held
+
+
+def _read_pairs(path: str, report: TrainReport, note_bad) -> list[Pair]:
+    bad = 0
+
+    def on_bad(err: InputError) -> None:
+        nonlocal bad
+        bad += 1
+        note_bad(err, None)
+
+    pairs = list(load_pairs(path, skip_bad=True, on_bad=on_bad))
+    report.rows_read += len(pairs) + bad
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def _resolve_base(base: str) -> str:
+    if not base:
+        raise ValueError("no base model: pass --base hf:MODEL_ID_OR_PATH (or a --preset that names one)")
+    kind, sep, name = base.partition(":")
+    if not sep or kind != "hf" or not name:
+        raise ValueError(f"--base {base!r}: expected 'hf:MODEL_ID_OR_PATH'")
+    return name
+
+
+def _load_model_and_tokenizer(config: TrainConfig):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    name = _resolve_base(config.base)
+    dtype = _torch_dtype(config.dtype, "--dtype")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        # A causal-LM base gets a fresh one-output head here; a classifier base keeps its head.
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, dtype=dtype)
+    except OSError as e:
+        raise ValueError(f"--base {config.base!r}: cannot load it ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _torch_dtype(name: str, flag: str):
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{flag} {name!r}: expected a torch dtype such as float32 or bfloat16")
+    return dtype
+
+
+def _lora_config(config: TrainConfig):
+    from peft import LoraConfig, TaskType
+
+    targets = config.lora_target_modules
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout,
+                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                      # The head starts random: it must be trained in full, not through a low-rank update.
+                      modules_to_save=["score"])
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _reward_config(config: TrainConfig, has_eval: bool):
+    from trl import RewardConfig
+
+    per_step = config.per_device_batch_size * _world_size()
+    if config.batch_size % per_step:
+        raise ValueError(f"--batch-size {config.batch_size} is not a multiple of per-device batch "
+                         f"{config.per_device_batch_size} x {_world_size()} processes")
+    evaluating = has_eval and config.eval_steps > 0
+    keep_best = evaluating and config.keep_best
+    return RewardConfig(
+        output_dir=str(Path(config.output_dir) / CHECKPOINTS),
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.batch_size // per_step,
+        learning_rate=config.learning_rate, num_train_epochs=config.num_epochs, max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
+        center_rewards_coefficient=config.center_rewards_coefficient,
+        bf16=config.bf16, gradient_checkpointing=config.gradient_checkpointing,
+        # Already encoded and truncated by thinkrm; TRL's own filter would drop long pairs silently.
+        max_length=None,
+        eval_strategy="steps" if evaluating else "no", eval_steps=config.eval_steps if evaluating else None,
+        # keep-best needs a checkpoint at every evaluation; otherwise checkpoints exist only for --resume.
+        save_strategy="steps", save_steps=config.eval_steps if keep_best else config.save_steps,
+        save_total_limit=1 if keep_best else 2, load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_accuracy" if keep_best else None, greater_is_better=True if keep_best else None,
+        logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed, report_to=config.report_to,
+        remove_unused_columns=False, save_only_model=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def _validate(config: TrainConfig) -> None:
+    if not config.pairs:
+        raise ValueError("no training pairs given")
+    if not config.output_dir:
+        raise ValueError("no output directory: pass -o DIR")
+    if config.input_format not in INPUT_FORMATS:
+        raise ValueError(f"--input-format {config.input_format!r}: expected one of {', '.join(INPUT_FORMATS)}")
+    if config.over_length not in ("truncate", "skip"):
+        raise ValueError(f"--over-length {config.over_length!r}: expected 'truncate' or 'skip'")
+    if not 0.0 <= config.warmup_ratio < 1.0:
+        raise ValueError(f"--warmup-ratio {config.warmup_ratio}: expected a value in [0, 1)")
+    if not 0.0 <= config.eval_fraction < 1.0:
+        raise ValueError(f"--eval-fraction {config.eval_fraction}: expected a value in [0, 1)")
+    if config.eval_pairs and config.eval_fraction:
+        raise ValueError("pass either --eval-pairs or --eval-fraction, not both")
+    InputConfig(config.input_format, config.max_length)  # same limits the scorer will apply when reading it
+    _torch_dtype(config.dtype, "--dtype")
+    if config.save_dtype:
+        _torch_dtype(config.save_dtype, "--save-dtype")
+    _resolve_base(config.base)
+
+
+def train(config: TrainConfig) -> TrainReport:
+    """Train a reward model on `config.pairs` and write a servable checkpoint to `config.output_dir`.
+
+    Raises `InputError` / `ValueError` before any training starts when the input cannot work (no usable
+    pairs, unknown base, bad option); bad individual pairs are skipped and counted in the report instead.
+    """
+    _validate(config)
+    out = Path(config.output_dir)
+    report = TrainReport(output_dir=str(out))
+    bad: Counter[str] = Counter()
+
+    def note_bad(err: InputError, pair: Pair | None) -> None:
+        what = f"{err.field}: {err.reason}" if err.field else err.reason
+        bad[what] += 1
+        if len(report.bad_examples) < 20:
+            where = pair.source if pair is not None and pair.source else None
+            report.bad_examples.append(f"{where}: {err}" if where and not err.file else str(err))
+
+    train_pairs = _read_pairs(config.pairs, report, note_bad)
+    eval_list = _read_pairs(config.eval_pairs, report, note_bad) if config.eval_pairs else []
+
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    model, tokenizer = _load_model_and_tokenizer(config)
+    encoder = InputEncoder(tokenizer, max_length=config.max_length, input_format=config.input_format)
+    # TRL's collator takes margins from all rows or none; a pair without one gets 0 (plain Bradley-Terry).
+    with_margin = config.use_margin and any(p.margin is not None for p in train_pairs)
+    enc = _encode_pairs(train_pairs, encoder, with_margin, config, report, note_bad)
+    if config.eval_pairs:
+        eval_enc = _encode_pairs(eval_list, encoder, with_margin, config, report, note_bad)
+        train_rows, eval_rows = enc.rows, eval_enc.rows
+    elif config.eval_fraction:
+        train_rows, eval_rows = _split_by_prompt(enc, config.eval_fraction, config.seed)
+    else:
+        train_rows, eval_rows = enc.rows, []
+    report.bad_pairs = dict(bad)
+    if not train_rows:
+        raise InputError(f"no usable training pairs ({report.bad_total} bad; first: "
+                         f"{report.bad_examples[0] if report.bad_examples else 'file is empty'})", file=config.pairs)
+    if (config.eval_fraction or config.eval_pairs) and not eval_rows:
+        raise InputError("the evaluation split is empty; raise --eval-fraction or check --eval-pairs",
+                         file=config.eval_pairs or config.pairs)
+    report.pairs_used, report.eval_pairs = len(train_rows), len(eval_rows)
+
+    trainer = _make_trainer(config, model, tokenizer, train_rows, eval_rows)
+    if trainer.accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        # The sidecar marks a complete checkpoint; a stale one must not vouch for files we are about to replace.
+        (out / SIDECAR).unlink(missing_ok=True)
+
+    resume = config.resume and _last_checkpoint(out / CHECKPOINTS) is not None
+    if eval_rows and not resume:
+        report.initial_eval_accuracy = trainer.evaluate()["eval_accuracy"]
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    report.train_seconds = time.perf_counter() - start
+    _fill_report(report, trainer, result)
+
+    _save(trainer, config, out, report)
+    return report
+
+
+def _make_trainer(config: TrainConfig, model, tokenizer, train_rows: list[dict], eval_rows: list[dict]):
+    from datasets import Dataset
+    from trl import RewardTrainer
+
+    args = _reward_config(config, has_eval=bool(eval_rows))
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                            processing_class=tokenizer, peft_config=_lora_config(config) if config.lora else None)
+    if config.lora and (trainer.is_fsdp_enabled or
+                        (trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)):
+        raise ValueError("--lora is merged into a plain checkpoint on one process, which needs unsharded weights: "
+                         "use it with configs/accelerate/ddp.yaml (ZeRO-3 / FSDP2 are for full fine-tuning)")
+    return trainer
+
+
+def _last_checkpoint(path: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+def _fill_report(report: TrainReport, trainer, result) -> None:
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h for h in history if "eval_accuracy" in h]
+    report.steps = trainer.state.global_step
+    report.first_loss = losses[0] if losses else None
+    report.last_loss = losses[-1] if losses else None
+    if evals:
+        best = max(evals, key=lambda h: h["eval_accuracy"]) if trainer.args.load_best_model_at_end else evals[-1]
+        report.eval_accuracy, report.best_step = best["eval_accuracy"], best["step"]
+    report.train_tokens = int(trainer._total_train_tokens)
+    runtime = result.metrics.get("train_runtime") or report.train_seconds
+    report.tokens_per_second = report.train_tokens / runtime if runtime else 0.0
+    report.log_history = history
+
+
+def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
+    """Write the plain checkpoint into a temporary folder, move it into `out`, then the sidecar last."""
+    acc = trainer.accelerator
+    tmp = out / ".saving"
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if sharded:
+        # Gathers the full weights from every rank (ZeRO-3 / FSDP2 configs ask for a full state dict).
+        trainer.save_model(str(tmp))
+    elif acc.is_main_process:
+        model = acc.unwrap_model(trainer.model)
+        if config.lora:
+            model = model.merge_and_unload()
+        if config.save_dtype:
+            model = model.to(_torch_dtype(config.save_dtype, "--save-dtype"))
+        model.save_pretrained(str(tmp))
+        trainer.processing_class.save_pretrained(str(tmp))
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    write_json(out / REPORT, _report_dict(report))
+    write_json(out / SIDECAR, {
+        "input_format": config.input_format,
+        "max_length": config.max_length,
+        "base": config.base,
+        "preset": config.preset,
+        "trained_with": {k: v for k, v in asdict(config).items() if k not in ("pairs", "output_dir")},
+    })
+    if not config.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    _readable_by_all(out)
+
+
+def _readable_by_all(out: Path) -> None:
+    """Temp-file writers create 0600 files; a model is usually served by another user (a vLLM container)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def _report_dict(report: TrainReport) -> dict[str, Any]:
+    d = asdict(report)
+    d["bad_total"] = report.bad_total
+    return d
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m thinkrm.train` (and `accelerate launch -m thinkrm.train`): the same flags as `thinkrm train`."""
+    from .cli.train import standalone_app
+
+    standalone_app()(args=argv)
+
+
+if __name__ == "__main__":
+    main()

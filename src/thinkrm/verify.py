@@ -1,0 +1,447 @@
+"""The one answer verifier of thinkrm, built on math-verify.
+
+Everything that needs "is this response right?" (Best-of-N, the gated RL reward, the LLM judge pipeline,
+the server's `/get_reward`) calls this module, so every stage grades answers the same way:
+
+* the final answer is taken only from the text *after* the end-of-thinking marker
+  (`thinkrm.trace.split_response`): a number the model considered and rejected while thinking must not count;
+* the gold answer is parsed first and passed to math-verify as gold (its comparison is not symmetric);
+* it fails closed: no extractable answer, an unparsable one or a timeout is `False` (`strict=True` raises
+  instead, for callers that want to see why).
+
+math-verify bounds its own work with `signal.alarm`, which only works in the main thread and cannot interrupt
+C code. So `verify` uses those alarms only in the main thread, and `verify_batch` runs items in worker
+processes with a hard wall-clock deadline per item: a worker stuck on a pathological output is killed and
+replaced, and that item counts as a timeout (False).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import pickle
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from .trace import THINK_END, THOUGHT_BEGIN, THOUGHT_END, split_response
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 5.0
+_START_TIMEOUT = 120.0  # a worker's interpreter start + math-verify import, on a loaded 2-core machine
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HASHES = re.compile(r"^\s*####\s*(.+?)\s*$", re.M)
+_A_LINE = re.compile(r"^\s*A:\s*(.+?)\s*$", re.M)
+_ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:=]?\s*(.+)", re.I)
+# Markup around an answer written in prose ("The answer is $\frac12$.", "**18**"), never part of the value.
+_WRAP = re.compile(r"^(?:\*\*|\$|\\\(|\\\[)+|(?:\*\*|\$|\\\)|\\\]|[.\s])+$")
+_CURRENCY = re.compile(r"^\\?\$\s*(?=[\d.])")
+
+
+class VerifyError(ValueError):
+    """Raised by `verify(..., strict=True)` instead of returning False, with the reason."""
+
+
+def _last_boxed(text: str) -> str | None:
+    """Contents of the last `\\boxed{...}` with balanced braces (a regex cannot match nested braces)."""
+    found = None
+    for m in _BOX.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found = text[m.end():i - 1]
+    return found
+
+
+def _clean(ans: str) -> str | None:
+    ans = _WRAP.sub("", ans.strip())
+    ans = _CURRENCY.sub("", ans).strip()
+    return ans or None
+
+
+def extract_answer(response: str) -> str | None:
+    """The final answer of a response, as text, or None when it states none.
+
+    Only the part after the end-of-thinking marker is read (all of it when there is no marker). In order of
+    preference: the last `\\boxed{...}`, a GSM8K `#### 18` line, a final `A: 18` line, "The answer is 18".
+    """
+    has_marker = any(m in response for m in (THINK_END, THOUGHT_BEGIN, THOUGHT_END))
+    # With a marker, only the part after it counts (empty for a truncated trace); without one, all of it.
+    text = split_response(response)[1] if has_marker else response
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return _clean(boxed)
+    for pattern in (_HASHES, _A_LINE):
+        hits = pattern.findall(text)
+        if hits:
+            return _clean(hits[-1])
+    hits = _ANSWER_IS.findall(text)
+    if hits:
+        # Prose: the answer ends at the first sentence break ("is 18. Then..." -> "18").
+        return _clean(re.split(r"\.\s|\n", hits[-1], maxsplit=1)[0])
+    return None
+
+
+# ---- parsing and comparison (the work a worker process does) ----------------------------------------------
+
+def _alarm_seconds(timeout: float | None) -> int | None:
+    """math-verify's own alarm (whole seconds, main thread only); None disables it where it cannot work."""
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return max(1, math.ceil(timeout))
+
+
+def _parse(text: str, timeout: float | None, *, strict: bool = False) -> list:
+    from math_verify import parse
+
+    secs = _alarm_seconds(timeout)
+    # `\boxed{}` makes the LaTeX extractor take the whole string as one expression ("(3, -2)" is a tuple,
+    # not "-2"); the plain-expression extractor still handles "1,000" or "18 apples".
+    return parse("\\boxed{" + text + "}", parsing_timeout=secs, raise_on_error=strict)
+
+
+def _equal(gold: list, pred: list, timeout: float | None, *, strict: bool = False) -> bool:
+    from math_verify import verify as mv_verify
+
+    return bool(mv_verify(gold, pred, timeout_seconds=_alarm_seconds(timeout), raise_on_error=strict))
+
+
+def _verify_local(response: str, gold: str, timeout: float | None, strict: bool) -> bool:
+    from math_verify.errors import TimeoutException
+
+    try:
+        return _verify_checked(response, gold, timeout, strict)
+    except TimeoutException:  # only raised through with strict (math-verify swallows it otherwise)
+        raise TimeoutError(f"math-verify took longer than {timeout}s") from None
+
+
+def _verify_checked(response: str, gold: str, timeout: float | None, strict: bool) -> bool:
+    if not isinstance(gold, str) or not gold.strip():
+        if strict:
+            raise VerifyError(f"gold answer is empty or not a string: {gold!r}")
+        return False
+    gold_parsed = _parse(gold, timeout, strict=strict)  # gold first: it decides how the prediction is read
+    if not gold_parsed:
+        if strict:
+            raise VerifyError(f"cannot parse the gold answer {gold!r}")
+        return False
+    answer = extract_answer(response)
+    if answer is None:
+        if strict:
+            raise VerifyError("no final answer found after the reasoning")
+        return False
+    pred = _parse(answer, timeout, strict=strict)
+    if not pred:
+        if strict:
+            raise VerifyError(f"cannot parse the answer {answer!r}")
+        return False
+    return _equal(gold_parsed, pred, timeout, strict=strict)
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", "", s)
+
+
+def _same_local(a: str | None, b: str | None, timeout: float | None) -> bool:
+    if a is None or b is None:
+        return False
+    if _norm(a) == _norm(b):
+        return True
+    pa, pb = _parse(a, timeout), _parse(b, timeout)
+    return bool(pa and pb and _equal(pa, pb, timeout))
+
+
+def _classes_local(answers: Sequence[str | None], timeout: float | None) -> list[int | None]:
+    """Group answers into equivalence classes: each answer joins the first class whose representative it
+    matches; None (no answer) gets no class. Quadratic in the number of classes, which is small per problem."""
+    reps: list[str] = []
+    out: list[int | None] = []
+    for a in answers:
+        if a is None:
+            out.append(None)
+            continue
+        for k, r in enumerate(reps):
+            if _same_local(r, a, timeout):
+                out.append(k)
+                break
+        else:
+            reps.append(a)
+            out.append(len(reps) - 1)
+    return out
+
+
+_TASKS = {"verify": _verify_local, "classes": _classes_local}
+
+
+def _serve(conn) -> None:
+    """Worker loop: math-verify's alarms work here because each item runs in this process's main thread."""
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    _parse("1", 1)  # import math-verify and sympy before saying hello
+    conn.send("ready")
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        idx, task, args = msg
+        try:
+            conn.send((idx, True, _TASKS[task](*args)))
+        except Exception as e:  # fail closed, but tell the parent what happened
+            conn.send((idx, False, f"{type(e).__name__}: {e}"))
+
+
+# ---- the process pool -----------------------------------------------------------------------------------
+
+class _PipeConnection:
+    """A duplex message channel over a worker's stdin/stdout pipes (pickled, length-prefixed frames)."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.reader = Connection(os.dup(read_fd), writable=False)
+        self.writer = Connection(os.dup(write_fd), readable=False)
+
+    def send(self, obj: Any) -> None:
+        self.writer.send_bytes(pickle.dumps(obj))
+
+    def recv(self) -> Any:
+        return pickle.loads(self.reader.recv_bytes())
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+@dataclass
+class BatchReport:
+    """What a batch run produced: results in input order, and how many items timed out or errored."""
+
+    results: list[Any]
+    timeouts: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    error_messages: list[str] = field(default_factory=list)
+
+
+class VerifierPool:
+    """Worker processes that run verifier tasks with a hard wall-clock deadline per item.
+
+    `concurrent.futures` cannot kill one stuck task, so this keeps one pipe per worker, hands out one item
+    at a time, and kills and replaces a worker whose item passes its deadline. Workers are fresh
+    interpreters (`python -m thinkrm.verify`), not forks or multiprocessing children: a fork would copy the
+    parent's threads (torch, TRL, an HTTP server) mid-flight, and spawn/forkserver children re-run the
+    caller's `__main__` script, which breaks plain scripts without a `__main__` guard.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.size = max(1, workers or min(4, os.cpu_count() or 1))
+        self._procs: list[subprocess.Popen | None] = [None] * self.size
+        self._conns: list[Connection | None] = [None] * self.size
+        self._lock = threading.Lock()
+
+    def _start(self, i: int) -> None:
+        env = dict(os.environ)
+        # The package's parent directory, so workers import this very thinkrm even when it is not installed.
+        src = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        p = subprocess.Popen([sys.executable, "-m", "thinkrm.verify"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env)
+        conn = _PipeConnection(p.stdout.fileno(), p.stdin.fileno())
+        self._procs[i], self._conns[i] = p, conn
+
+    def _ready(self, i: int) -> None:
+        """Wait for a started worker's hello, so its import time never counts against an item's deadline."""
+        conn = self._conns[i]
+        try:
+            if conn.reader.poll(_START_TIMEOUT) and conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        self._kill(i)
+        raise RuntimeError("a verifier worker process failed to start (see its stderr above)")
+
+    def _kill(self, i: int) -> None:
+        p, c = self._procs[i], self._conns[i]
+        if p is not None:
+            c.close()
+            p.kill()
+            p.wait()
+            p.stdin.close()
+            p.stdout.close()
+        self._procs[i] = self._conns[i] = None
+
+    def run(self, task: str, args: Sequence[tuple], timeout: float, default: Any) -> BatchReport:
+        """Run `task` on each argument tuple; an item that times out or fails yields `default`."""
+        start = time.monotonic()
+        report = BatchReport(results=[default] * len(args))
+        with self._lock:  # one batch at a time: workers and pipes are not shared between callers
+            pending = list(range(len(args)))[::-1]
+            busy: dict[int, tuple[int, float]] = {}  # worker -> (item, deadline)
+            while pending or busy:
+                idle = [i for i in range(self.size) if i not in busy][:len(pending)]
+                fresh = [i for i in idle if self._procs[i] is None or self._procs[i].poll() is not None]
+                for i in fresh:  # start them all, then wait: their imports overlap
+                    self._kill(i)
+                    self._start(i)
+                for i in fresh:
+                    self._ready(i)
+                for i in idle:
+                    item = pending.pop()
+                    self._conns[i].send((item, task, args[item]))
+                    busy[i] = (item, time.monotonic() + timeout)
+                now = time.monotonic()
+                readers = {self._conns[i].reader: i for i in busy}
+                ready = wait(list(readers), timeout=max(0.0, min(d for _, d in busy.values()) - now))
+                for r in ready:
+                    i = readers[r]
+                    item = busy.pop(i)[0]
+                    try:
+                        _, ok, value = self._conns[i].recv()
+                    except (EOFError, OSError):  # the worker died (e.g. out of memory)
+                        ok, value = False, "worker died"
+                        self._kill(i)
+                    if ok:
+                        report.results[item] = value
+                    else:
+                        report.errors += 1
+                        report.error_messages.append(value)
+                now = time.monotonic()
+                for i, (item, deadline) in list(busy.items()):
+                    if now >= deadline:
+                        busy.pop(i)
+                        self._kill(i)
+                        report.timeouts += 1
+        report.seconds = time.monotonic() - start
+        return report
+
+    def close(self) -> None:
+        for i in range(self.size):
+            self._kill(i)
+
+
+_pools: dict[int | None, VerifierPool] = {}
+_pools_lock = threading.Lock()
+
+
+def get_pool(workers: int | None = None) -> VerifierPool:
+    """The process-wide pool for this worker count, started on first use and closed at exit."""
+    with _pools_lock:
+        if workers not in _pools:
+            if not _pools:
+                atexit.register(close_pools)
+            _pools[workers] = VerifierPool(workers)
+        return _pools[workers]
+
+
+def close_pools() -> None:
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+
+
+# ---- public API ------------------------------------------------------------------------------------------
+
+def verify(response: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> bool:
+    """True when the final answer of `response` equals `gold` under math-verify.
+
+    In the main thread the work runs here, bounded by math-verify's own alarms. Elsewhere (a server's worker
+    thread, an async reward) those alarms cannot work, so the item goes to the process pool with a hard
+    deadline instead. With `strict`, a missing or unparsable answer raises `VerifyError` rather than
+    returning False (in a worker thread a timeout also raises `TimeoutError`).
+    """
+    if threading.current_thread() is threading.main_thread():
+        if strict:
+            return _verify_local(response, gold, timeout, True)
+        try:
+            return _verify_local(response, gold, timeout, False)
+        except Exception:
+            log.debug("verification failed", exc_info=True)
+            return False
+    report = get_pool().run("verify", [(response, gold, timeout, strict)], timeout, False)
+    if strict and report.timeouts:
+        raise TimeoutError(f"verification took longer than {timeout}s")
+    if strict and report.errors:
+        raise VerifyError(report.error_messages[0])
+    return report.results[0]
+
+
+def verify_batch_report(responses: Sequence[str], golds: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
+                        workers: int | None = None) -> BatchReport:
+    """`verify_batch`, also reporting how many items timed out or raised (both count as False)."""
+    if len(responses) != len(golds):
+        raise ValueError(f"verify_batch: {len(responses)} responses but {len(golds)} gold answers")
+    return get_pool(workers).run("verify", [(r, g, timeout, False) for r, g in zip(responses, golds)],
+                                 timeout, False)
+
+
+def verify_batch(responses: Sequence[str], golds: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
+                 workers: int | None = None) -> list[bool]:
+    """Verify many responses in worker processes, each with a hard `timeout` (seconds, wall clock).
+
+    A pathological output cannot hang the run: its worker is killed and replaced and the item is False.
+    Timeouts and errors are logged as a warning with their count (use `verify_batch_report` to get them).
+    """
+    report = verify_batch_report(responses, golds, timeout=timeout, workers=workers)
+    if report.timeouts or report.errors:
+        log.warning("verify_batch: %d of %d items timed out after %ss and %d failed; counted as wrong",
+                    report.timeouts, len(responses), timeout, report.errors)
+    return report.results
+
+
+def same_answer(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Whether two extracted answers are the same value under math-verify ("0.5" and "\\frac12" are).
+
+    Used to group answers for majority vote; None (no answer) equals nothing. Runs in the calling thread
+    when it is the main thread, else in the pool.
+    """
+    if a is None or b is None:
+        return False
+    if threading.current_thread() is threading.main_thread():
+        try:
+            return _same_local(a, b, timeout)
+        except Exception:
+            return False
+    return bool(get_pool().run("classes", [([a, b], timeout)], timeout, [0, 1]).results[0][1] == 0)
+
+
+def answer_classes(answer_lists: Sequence[Sequence[str | None]], *, timeout: float = DEFAULT_TIMEOUT,
+                   workers: int | None = None) -> tuple[list[list[int | None]], int]:
+    """Equivalence classes of each list of answers (one list per problem), computed in the pool.
+
+    Returns class ids per answer (None for no answer) and how many lists timed out; a list that times out
+    falls back to grouping by whitespace-insensitive string equality, so a vote still happens.
+    """
+    deadline = timeout * 4  # a list needs several comparisons, each allowed `timeout`
+    report = get_pool(workers).run("classes", [(list(a), timeout) for a in answer_lists], deadline, None)
+    out = []
+    for answers, classes in zip(answer_lists, report.results):
+        if classes is None:
+            keys: dict[str, int] = {}
+            classes = [None if a is None else keys.setdefault(_norm(a), len(keys)) for a in answers]
+        out.append(classes)
+    return out, report.timeouts + report.errors
+
+
+def _worker_main() -> None:
+    """Entry point of a pool worker: messages on the original stdout; prints from libraries go to stderr."""
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    _serve(_PipeConnection(0, out_fd))
+
+
+if __name__ == "__main__":
+    _worker_main()

@@ -1,0 +1,132 @@
+import json
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from thinkrm.formatting import InputConfig, format_input  # noqa: E402
+from thinkrm.scoring import load_scorer  # noqa: E402
+
+ITEMS = [
+    ("What is 2 + 3?", "2 + 3 = 5."),
+    ("How many seconds are in 7.8 minutes?", "60 * 7.8 = 468. So the answer is 468. Let me verify: 468 / 60 = 7.8."),
+    ("Factor x^2 - 5x + 6.", "Alternatively, x^2 - 5x + 6 = (x - 2)(x - 3)."),
+    ("What is 7 * 8?", "Wait, 7 * 8 = 54. Actually 7 * 8 = 56, not 54."),
+    ("Sum the digits 1 to 9.", "1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 = 45"),
+    ("What is 12 + 30?", "12 + 30 = 42</s>"),  # ends in EOS: must not be mistaken for padding
+    ("Q", "So"),
+]
+
+
+def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False):
+    """Plain transformers, one item at a time: no padding, score at the true last token.
+
+    With `trust_pad`, the checkpoint's pad id is left in the config, so transformers' pooling skips
+    trailing tokens equal to it, as a naive scorer would.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    if not trust_pad:
+        model.config.pad_token_id = None
+    out = []
+    with torch.inference_mode():
+        for p, r in items:
+            enc = tok(text(p, r), return_tensors="pt")
+            out.append(model(**enc).logits[0, 0].item())
+    return out
+
+
+def test_scores_equal_plain_forward_and_keep_input_order(tiny_reward_model):
+    ref = reference(tiny_reward_model, ITEMS)
+    assert len(set(round(x, 6) for x in ref)) == len(ITEMS)  # distinct, so a reordering would show
+    with load_scorer(f"hf:{tiny_reward_model}", batch_size=3) as scorer:
+        got = scorer.score(ITEMS)
+        assert scorer.device == "cpu" and scorer.max_length == 512  # capped by the model's positions
+    assert got == pytest.approx(ref, abs=1e-5)
+
+
+def test_batch_size_does_not_change_scores(tiny_reward_model):
+    one = load_scorer(f"hf:{tiny_reward_model}", batch_size=1).score(ITEMS)
+    many = load_scorer(f"hf:{tiny_reward_model}", batch_size=16).score(ITEMS)
+    assert many == pytest.approx(one, abs=1e-5)
+
+
+def test_tokenizer_padding_side_does_not_matter(tiny_reward_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    scores = {}
+    for side in ("left", "right"):
+        d = tmp_path / side
+        shutil.copytree(tiny_reward_model, d)
+        tok = AutoTokenizer.from_pretrained(d)
+        tok.padding_side = side
+        tok.save_pretrained(d)
+        scores[side] = load_scorer(f"hf:{d}", batch_size=4).score(ITEMS)
+    assert scores["left"] == pytest.approx(scores["right"], abs=1e-5)
+
+
+def test_checkpoint_without_pad_token_reads_true_last_token(tiny_reward_model_no_pad):
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tiny_reward_model_no_pad).pad_token is None
+    ref = reference(tiny_reward_model_no_pad, ITEMS)
+    got = load_scorer(f"hf:{tiny_reward_model_no_pad}", batch_size=4).score(ITEMS)
+    assert got == pytest.approx(ref, abs=1e-5)
+
+
+def test_pad_equal_to_eos_is_not_trusted(tiny_reward_model_no_pad, tmp_path):
+    from transformers import AutoTokenizer
+
+    d = tmp_path / "pad-is-eos"
+    shutil.copytree(tiny_reward_model_no_pad, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["pad_token_id"] = tok.eos_token_id
+    (d / "config.json").write_text(json.dumps(cfg))
+    got = load_scorer(f"hf:{d}", batch_size=8).score(ITEMS)
+    assert got == pytest.approx(reference(d, ITEMS), abs=1e-5)
+    naive = reference(d, ITEMS, trust_pad=True)
+    assert abs(naive[5] - got[5]) > 1e-3  # the row ending in EOS is where trusting pad == EOS goes wrong
+
+
+def test_no_double_bos_in_chat_mode_from_sidecar(tiny_reward_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    d = tmp_path / "chat"
+    shutil.copytree(tiny_reward_model, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.chat_template = "<s>" + tok.chat_template  # like Llama-3 templates, which start with BOS text
+    tok.save_pretrained(d)
+    InputConfig(input_format="chat", max_length=4096).save(d)
+    scorer = load_scorer(f"hf:{d}", batch_size=4)
+    assert scorer.input_format == "chat"
+    ids = scorer.encoder.encode("Q", "R").input_ids
+    assert ids.count(tok.bos_token_id) == 1
+    ref = reference(d, ITEMS, text=lambda p, r: f"user: {p}\nassistant: {r}\n")
+    assert scorer.score(ITEMS) == pytest.approx(ref, abs=1e-5)
+
+
+def test_long_inputs_are_truncated_and_counted(tiny_reward_model):
+    scorer = load_scorer(f"hf:{tiny_reward_model}", max_length=300)
+    long = ("Q", "12 + 30 = 42. " * 200)
+    scores = scorer.score([long, ITEMS[0], long])
+    assert scorer.truncated == 2 and scores[0] == pytest.approx(scores[2], abs=1e-6)
+
+
+def test_bad_checkpoints_give_clear_errors(tiny_reward_model, tmp_path):
+    with pytest.raises(ValueError, match="cannot load hf:"):
+        load_scorer(f"hf:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        load_scorer("hf:")
+    d = tmp_path / "two-labels"
+    shutil.copytree(tiny_reward_model, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["id2label"] = {"0": "a", "1": "b"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="2 labels"):
+        load_scorer(f"hf:{d}")
