@@ -23,6 +23,8 @@ class Reply:
     delay: float = 0.0
     error: str = ""  # error message for non-200 replies
     headers: dict[str, str] = field(default_factory=dict)
+    usage: tuple[int, int] | None = None  # (prompt, completion) tokens; default: whitespace word counts
+    reasoning: str | None = None  # sent as `reasoning_content`, as servers with a reasoning parser do
 
 
 Script = Callable[[dict[str, Any], int], Reply]
@@ -67,18 +69,21 @@ class ScriptedServer:
                     return self._send(reply.status, {"error": {"message": reply.error or "scripted error"}},
                                       reply.headers)
                 words = sum(len(m["content"].split()) for m in body["messages"])
+                prompt_tokens, completion_tokens = reply.usage or (words, len(reply.text.split()))
                 self._send(200, {
                     "id": f"cmpl-{n}", "object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply.text}}],
-                    "usage": {"prompt_tokens": words, "completion_tokens": len(reply.text.split()),
-                              "total_tokens": words + len(reply.text.split())},
+                                 "message": {"role": "assistant", "content": reply.text,
+                                             **({"reasoning_content": reply.reasoning} if reply.reasoning else {})}}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens},
                 })
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, and tests start many servers.
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()

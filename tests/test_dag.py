@@ -250,6 +250,8 @@ def test_steps_input_and_serialisation_round_trip():
     steps = split_steps(DETOURS, LEX)
     with pytest.raises(ValueError, match="text="):
         build_dag(steps)
+    with pytest.raises(ValueError, match="numbered"):
+        build_dag(steps[1:], text=DETOURS)
     dag = build_dag(steps, text=DETOURS)
     d = json.loads(json.dumps(dag.to_dict()))
     back = DAG.from_dict(d, DETOURS)
@@ -297,20 +299,21 @@ def test_invariants_hold_for_arbitrary_text_with_the_heuristic(text):
     check_invariants(build_dag(text))
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_heuristic_dags_on_real_traces(shared_data):
-    """Every real candidate gives a valid DAG, and long reasoners really do branch."""
+    """Real candidates give valid DAGs, and the long "Wait, ..." reasoner's traces really branch."""
     from thinkrm.trace import split_response
 
     branched = long = 0
     with open(shared_data / "skythought-math500" / "candidates.jsonl", encoding="utf-8") as f:
         for i, line in enumerate(f):
-            if i % 9 not in (0, 3):  # a fixed sample of every model
+            if i % 6:  # a fixed sample of every model
                 continue
             rec = json.loads(line)
             dag = build_dag(split_response(rec["response"])[0])
             check_invariants(dag)
-            if len(dag.steps) >= 10:
+            if rec["model"] == "Sky-T1-math-correct-5K-27B":
                 long += 1
                 branched += any(n.action != "continue" for n in dag.nodes)
     assert long > 50 and branched / long > 0.8

@@ -105,7 +105,7 @@ def test_response_format_sent_then_dropped_when_rejected():
     schema = {"name": "x", "schema": {"type": "object"}}
     with ScriptedServer(lambda body, n: Reply("{}"), reject_response_format=True) as srv:
         async def main():
-            async with LLMClient(cfg(srv.url)) as llm:
+            async with LLMClient(cfg(srv.url, max_retries=0)) as llm:  # the fallback is not a retry
                 await llm.chat(MSG, json_schema=schema)
                 await llm.chat(MSG + MSG, json_schema=schema)
                 return llm.json_schema_supported
@@ -215,3 +215,55 @@ def test_transformers_serve_protocol(transformers_server, tmp_path):
 async def _one(config: LLMConfig, plain_max: int = 8, messages=None):
     async with LLMClient(config) as llm:
         return await llm.chat(messages or MSG, max_tokens=plain_max, stage="plain")
+
+
+@pytest.mark.slow
+def test_pipeline_fails_closed_against_transformers_serve(transformers_server, tmp_path):
+    """The tiny model answers nonsense: no label, no structure, no summary, no pair is ever guessed."""
+    from thinkrm.build_pairs import BuildConfig, build_pairs
+    from thinkrm.dag import build_dag
+    from thinkrm.judge import JudgeConfig, PairInput, judge_pair
+    from thinkrm.llm_structure import BatchLLMStructurer, summarize_dag
+
+    url, model = transformers_server
+    config = LLMConfig(base_url=url, model=model, backoff=0.01, max_retries=1, cache=str(tmp_path / "c.sqlite"))
+    text = ("First, we add the two numbers together, two plus three, which gives five in total.\n\n"
+            "Wait, let me double check the addition by counting up from two: three, four, five.\n\n"
+            "So both ways agree and the answer is 5.")
+    pair = PairInput("p", "What is 2 + 3?", a=text, b="First, 2 + 3 = 5.\n\nSo the answer is 5.")
+
+    async def judge_and_summarize():
+        async with LLMClient(config) as llm:
+            verdict = await judge_pair(llm, pair, JudgeConfig(repeats=1, max_tokens=12, invalid_retries=1))
+            dag = build_dag(text)
+            summarized = await summarize_dag(llm, dag, pair.prompt, max_tokens=16)
+            return verdict, summarized, dag
+    verdict, summarized, dag = asyncio.run(judge_and_summarize())
+    assert verdict["winner"] is None and verdict["reason"] == "invalid" and verdict["calls"] == 4 * 2
+    assert not summarized and dag.meta["summaries"].startswith("extractive")
+    with BatchLLMStructurer(config=config, max_tokens=16, invalid_retries=0) as s:
+        structured = build_dag(text, s)
+    assert s.invalid_answers == s.calls >= 1 and all(n.action == "continue" for n in structured.nodes)
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"id": "q", "prompt": "What is 2 + 3?", "gold": "5"}) + "\n")
+    summary = build_pairs(problems, tmp_path / "pairs.jsonl", config,
+                          BuildConfig(generators=[model], n=2, max_tokens=12, judge=JudgeConfig(repeats=1)))
+    assert summary["traces"] == 2 and summary["verified_correct"] == 0 and summary["kept"] == 0
+    assert (tmp_path / "pairs.jsonl").read_text() == ""
+
+
+def test_separate_reasoning_content_is_kept_as_think_block():
+    with ScriptedServer(lambda body, n: Reply("The answer is 5.", reasoning="2 + 3 = 5")) as srv:
+        (c,), _ = chat(cfg(srv.url), {})
+    assert c.text == "<think>\n2 + 3 = 5\n</think>\nThe answer is 5."
+
+
+
+def test_rejected_seed_is_dropped():
+    def script(body, n):
+        if "seed" in body:
+            return Reply(status=400, error="Unrecognized request argument supplied: seed")
+        return Reply("ok")
+    with ScriptedServer(script) as srv:
+        (a, b), _ = chat(cfg(srv.url, max_retries=0), {"temperature": 0.7}, {"temperature": 0.7, "sample": 1})
+    assert a.text == b.text == "ok" and [("seed" in r) for r in srv.requests] == [True, False, False]

@@ -75,8 +75,8 @@ def test_llm_mode_builds_the_scripted_dag():
     plan = {1: step_reply("continue"), 2: step_reply("continue"), 3: step_reply("backtrack", "1"),
             4: step_reply("merge", "2, 3")}
     with ScriptedServer(lambda body, n: plan[current_step(body)]) as srv:
-        s = LLMStructurer(config=config(srv.url))
-        dag = build_dag(TEXT, s)
+        with LLMStructurer(config=config(srv.url)) as s:
+            dag = build_dag(TEXT, s)
     assert [n.action for n in dag.nodes] == ["continue", "continue", "continue", "backtrack", "merge"]
     assert dag.nodes[3].parents == [1] and dag.nodes[4].parents == [2, 3]
     assert dag.meta["invalid_proposals"] == 0 and dag.structurer == "llm"
@@ -100,16 +100,16 @@ def test_llm_mode_resamples_until_a_strict_plurality():
             return answers[body["seed"]]
         return step_reply("continue")
     with ScriptedServer(script) as srv:
-        s = LLMStructurer(config=config(srv.url))
-        dag = build_dag("\n\n".join(STEPS[:4]), s)
+        with LLMStructurer(config=config(srv.url)) as s:
+            dag = build_dag("\n\n".join(STEPS[:4]), s)
     assert s.calls == 3 + 3 + 6 and s.invalid_answers == 1
     assert dag.nodes[3].action == "backtrack" and dag.nodes[3].parents == [1]
 
 
 def test_llm_mode_fails_closed_to_continue_after_max_rounds():
     with ScriptedServer(lambda body, n: Reply("I am not sure.")) as srv:
-        s = LLMStructurer(config=config(srv.url), max_rounds=2)
-        dag = build_dag(TEXT, s)
+        with LLMStructurer(config=config(srv.url), max_rounds=2) as s:
+            dag = build_dag(TEXT, s)
     assert all(n.action == "continue" for n in dag.nodes)
     assert s.calls == 4 * 2 * 3 and s.invalid_answers == s.calls
 
@@ -125,8 +125,8 @@ def batch_reply(labels: dict[int, tuple[str, list[int]]]):
 def test_batch_mode_labels_a_window_per_call():
     labels = {3: ("backtrack", [1]), 4: ("merge", [2, 3])}
     with ScriptedServer(batch_reply(labels)) as srv:
-        s = BatchLLMStructurer(config=config(srv.url), batch_size=2)
-        dag = build_dag(TEXT, s)
+        with BatchLLMStructurer(config=config(srv.url), batch_size=2) as s:
+            dag = build_dag(TEXT, s)
     assert [n.action for n in dag.nodes] == ["continue", "continue", "continue", "backtrack", "merge"]
     assert s.calls == 2 and len(srv.requests) == 2
     assert srv.requests[0]["response_format"]["json_schema"]["name"] == "step_actions"
@@ -147,8 +147,8 @@ def test_parse_batch_answer_is_strict():
 
 def test_batch_mode_retries_invalid_json_then_continues():
     with ScriptedServer(lambda body, n: Reply("steps: all continue")) as srv:
-        s = BatchLLMStructurer(config=config(srv.url), invalid_retries=1)
-        dag = build_dag(TEXT, s)
+        with BatchLLMStructurer(config=config(srv.url), invalid_retries=1) as s:
+            dag = build_dag(TEXT, s)
     assert all(n.action == "continue" for n in dag.nodes)
     assert s.calls == 2 and s.invalid_answers == 2
     assert srv.requests[1]["temperature"] == 0.7  # a retry samples, so it can differ
@@ -170,10 +170,10 @@ def test_batch_mode_cuts_calls_and_tokens_at_least_5x():
     costs = {}
     with ScriptedServer(script) as srv:
         for mode, cls in (("llm", LLMStructurer), ("llm-batch", BatchLLMStructurer)):
-            s = cls(config=config(srv.url))
-            for t in traces:
-                build_dag(t, s)
-            u = s.usage["structure"]
+            with cls(config=config(srv.url)) as s:
+                for t in traces:
+                    build_dag(t, s)
+                u = s.usage["structure"]
             costs[mode] = (u.calls / len(traces), u.tokens / len(traces))
     assert costs["llm"][0] / costs["llm-batch"][0] >= 5
     assert costs["llm"][1] / costs["llm-batch"][1] >= 5
@@ -228,3 +228,12 @@ def test_missing_server_config_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("THINKRM_LLM_BASE_URL", raising=False)
     with pytest.raises(Exception, match="THINKRM_LLM_BASE_URL"):
         build_dag(TEXT, "llm")
+
+
+def test_shared_client_on_its_own_loop_is_a_clear_error():
+    async def run():
+        async with LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m")) as llm:
+            s = LLMStructurer(llm=llm, loop=asyncio.get_running_loop())
+            build_dag(TEXT, s)
+    with pytest.raises(RuntimeError, match="build_dag_async"):
+        asyncio.run(run())

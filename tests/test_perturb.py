@@ -61,8 +61,9 @@ def test_every_op_keeps_answer_and_changes_only_its_span(response):
 def test_ops_do_what_they_claim():
     trace = _trace(PLAIN)
     by_op = {p.op: p.edit for p in perturb_trace(trace, seed=0, detour_pool=OTHER_STEPS)}
-    assert "start over" in by_op["restart"].inserted.lower() or "restart" in by_op["restart"].inserted.lower() \
-        or "again" in by_op["restart"].inserted.lower()
+    announce, *copied = by_op["restart"].inserted.strip().split("\n\n")
+    assert copied and all(c in PLAIN for c in copied) and PLAIN.startswith(copied[0])  # an earlier stretch, re-run
+    assert announce not in PLAIN
     assert any(s in by_op["detour"].inserted for s in OTHER_STEPS)
     assert by_op["drop_justification"].removed.strip() and "=" in by_op["drop_justification"].removed
     assert "\\boxed" not in by_op["drop_justification"].removed
@@ -88,7 +89,7 @@ def test_incorrect_traces_are_skipped_and_fields_carried():
     recs = list(perturb_records(traces, ["filler"]))
     assert [r["source_id"] for r in recs] == ["ok"]
     r = recs[0]
-    assert r["problem_id"] == "p1" and r["chosen"] == PLAIN and r["op"] == "filler"
+    assert r["problem_id"] == "p1" and r["chosen"] == PLAIN and r["kind"] == "filler"
     assert r["dimension"] == "micro_efficiency"
     assert Edit(**r["edit"]).apply(r["chosen"]) == r["rejected"]
 
@@ -134,7 +135,7 @@ def test_cli_writes_pairs_and_reports_errors(tmp_path):
     res = runner.invoke(app, ["perturb", str(src), "-o", str(out), "--ops", "filler,restart", "--seed", "7"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["op"] for r in recs} == {"filler", "restart"}
+    assert {r["kind"] for r in recs} == {"filler", "restart"}
     assert {r["problem_id"] for r in recs} == {"1", "2"}
     assert all({"prompt", "chosen", "rejected", "dimension", "edit"} <= set(r) for r in recs)
 

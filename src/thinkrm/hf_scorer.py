@@ -19,6 +19,7 @@ input order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .formatting import DEFAULT_MAX_LENGTH, InputConfig, InputEncoder, Item
@@ -67,7 +68,11 @@ class HFScorer(Scorer):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = pick_device(device)
         self.batch_size = batch_size
-        sidecar = InputConfig.load(arg) if _is_dir(arg) else None
+        local = Path(arg).expanduser()
+        if arg.startswith(("/", ".", "~")) and not local.is_dir():
+            raise ValueError(f"cannot load hf:{arg}: no such directory")
+        sidecar = InputConfig.load(local) if local.is_dir() else None
+        arg = str(local) if local.is_dir() else arg
         try:
             config = AutoConfig.from_pretrained(arg)
             # Checked before the weights load: a wrong head is then a clear message, not a shape error.
@@ -137,9 +142,3 @@ class HFScorer(Scorer):
         self.model = None
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
-
-
-def _is_dir(arg: str) -> bool:
-    from pathlib import Path
-
-    return Path(arg).is_dir()

@@ -61,6 +61,10 @@ class JudgeConfig:
             raise ValueError("repeats must be >= 1")
         if self.invalid_retries < 0 or self.max_trace_chars < 200:
             raise ValueError("invalid_retries must be >= 0 and max_trace_chars >= 200")
+        from .structurers import STRUCTURERS
+
+        if self.view == "structured" and self.structurer not in STRUCTURERS:
+            raise ValueError(f"unknown structurer {self.structurer!r}; choose one of {', '.join(STRUCTURERS)}")
 
 
 @dataclass
@@ -203,9 +207,8 @@ async def judge_pair(llm: LLMClient, pair: PairInput, cfg: JudgeConfig) -> dict[
     calls_per_vote = len(P.DIMENSIONS) + 1
     votes: list[dict[str, Any]] = []
     limit, truncated, error = cfg.max_trace_chars, False, None
-    reason: str | None = None
-    for i, (order, repeat) in enumerate(schedule):
-        for _ in range(4):
+    for order, repeat in schedule:
+        for _ in range(4):  # the budget may be halved three times
             try:
                 vote, cut = await _vote(state, pair, va, vb, order, repeat, limit)
                 break
@@ -213,12 +216,10 @@ async def judge_pair(llm: LLMClient, pair: PairInput, cfg: JudgeConfig) -> dict[
                 error, limit = str(e), limit // 2
         else:
             votes.append({"order": order, "repeat": repeat, "decision": None, "error": error})
-            reason = "invalid"
             break
         truncated |= cut
         votes.append(vote)
-        reason = _verdict([v["decision"] for v in votes])
-        if reason is not None and cfg.early_stop:
+        if cfg.early_stop and _verdict([v["decision"] for v in votes]) is not None:
             break
     done = len(votes)
     reason = _verdict([v["decision"] for v in votes]) or "consistent"
@@ -305,6 +306,7 @@ def judge_file(pairs_path: str | os.PathLike, out_path: str | os.PathLike, llm_c
     """
     cfg = cfg or JudgeConfig()
     cfg.validate()
+    llm_config = llm_config.resolved()  # a missing server or model fails before anything is written
     pairs = load_pairs(pairs_path)
 
     async def main() -> dict[str, Any]:

@@ -26,18 +26,23 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .formatting import Item
 from .io import InputError
 from .scoring import Scorer
+
+if TYPE_CHECKING:
+    from .bon import Candidate
+    from .pairs import Pair
 
 DEFAULT_DIR = Path(__file__).parent / "data" / "lite"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,16 +78,36 @@ def segments(reasoning: str) -> list[str]:
 
 
 def select(n: int, k: int) -> list[int]:
-    """`k` evenly spaced indices of `range(n)` including both ends (all of them when n <= k)."""
+    """`k` of `range(n)` spread over the trace (all of them when n <= k), in order.
+
+    Positions follow the dyadic sequence 0, 1, 1/2, 1/4, 3/4, 1/8, ... of the trace, so the first and last
+    segments are always in and the set for a smaller `k` is a subset of the set for a larger one: a
+    checkpoint can be run with fewer segments (faster) while reading the same segments it was trained on.
+    """
     if n <= k:
         return list(range(n))
-    if k == 1:
-        return [n - 1]
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+    picked: list[int] = []
+    for f in _dyadic():
+        i = round(f * (n - 1))
+        if i not in picked:
+            picked.append(i)
+            if len(picked) == k:
+                return sorted(picked)
+    raise AssertionError("unreachable: the dyadic sequence covers every index")
+
+
+def _dyadic() -> Iterable[float]:
+    yield 0.0
+    yield 1.0
+    d = 2
+    while True:
+        for j in range(1, d, 2):
+            yield j / d
+        d *= 2
 
 
 class Embedder:
-    """MiniLM embeddings of text openings, optionally memoised in memory and on disk.
+    """MiniLM embeddings of text openings (and parsed traces), optionally memoised in memory and on disk.
 
     Scoring needs no memory (every trace is new, and a server must not grow without bound); training and
     ablations re-read the same ~100k segments many times, so `cache_dir` keeps them across runs (outside
@@ -93,11 +118,32 @@ class Embedder:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size = batch_size
         self._mem: dict[bytes, np.ndarray] = {}
+        self._parsed: dict[bytes, Any] | None = None
         if self.cache_dir and self.cache_dir.is_dir():
             for shard in sorted(self.cache_dir.glob("emb-*.npz")):
                 with np.load(shard) as z:
                     for k, v in zip(z["keys"], z["vecs"]):
                         self._mem[bytes(k).ljust(20, b"\0")] = v  # numpy drops trailing NULs of "S20"
+
+    def parsed_items(self, items: Sequence[Item], config: LiteConfig, parse: Any) -> list[Any]:
+        """`parse(item, config)` for each item, memoised on disk next to the embeddings when caching."""
+        if not self.cache_dir:
+            return [parse(it, config) for it in items]
+        if self._parsed is None:
+            self._parsed = {}
+            for shard in sorted(self.cache_dir.glob("parsed-*.pkl")):
+                with open(shard, "rb") as f:
+                    self._parsed.update(pickle.load(f))
+        settings = json.dumps([config.segment_tokens, config.max_segments, config.use_structure, config.signals])
+        keys = [hashlib.sha1(f"{settings}\x00{it.prompt}\x00{it.reasoning}".encode("utf-8", "surrogatepass")).digest()
+                for it in items]
+        new = {k: parse(it, config) for k, it in zip(keys, items) if k not in self._parsed}
+        if new:
+            self._parsed.update(new)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_dir / f"parsed-{hashlib.sha1(b''.join(new)).hexdigest()[:16]}.pkl", "wb") as f:
+                pickle.dump(new, f)
+        return [self._parsed[k] for k in keys]
 
     @staticmethod
     def _key(text: str, tokens: int) -> bytes:
@@ -171,36 +217,46 @@ def structure_features(prompt: str, reasoning: str, signals: Sequence[str]) -> l
             + [_signed_log(float(flat.get(name) or 0.0)) for name in signals])
 
 
+def _parse(item: Item, config: LiteConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The embedding-free part of a trace's features: selected segment texts, their position features
+    (position, log_chars, is_last) and the trace-level features. This is the slow pure-Python part
+    (step splitting, DAG, ME² analysis), so training memoises it (`Embedder.parsed`)."""
+    segs = segments(item.reasoning)
+    chosen = select(len(segs), config.max_segments)
+    pos = np.array([(i / max(len(segs) - 1, 1), math.log1p(len(segs[i])), float(i == len(segs) - 1))
+                    for i in chosen], dtype=np.float32).reshape(len(chosen), 3)
+    glob = [math.log1p(len(item.reasoning)), math.log1p(len(segs))]
+    if config.use_structure:
+        glob += structure_features(item.prompt, item.reasoning, config.signals)
+    return [segs[i] for i in chosen], pos, np.array(glob, dtype=np.float32)
+
+
 def featurize(items: Sequence[Item | tuple[str, str]], config: LiteConfig, embedder: Embedder) -> Features:
     """Segment, select, embed (all traces' texts in one encoder pass) and compute every feature."""
     items = [Item(*it) for it in items]
-    k = config.max_segments
-    segs = [segments(it.reasoning) for it in items]
-    chosen = [select(len(s), k) for s in segs]
-    texts = [[s[i] for i in c] for s, c in zip(segs, chosen)]
+    parsed = embedder.parsed_items(items, config, _parse)
     prompts = list(dict.fromkeys(it.prompt for it in items))
-    seg_texts = list(dict.fromkeys(t for ts in texts for t in ts))
+    seg_texts = list(dict.fromkeys(t for texts, _, _ in parsed for t in texts))
     table = np.concatenate([embedder.encode(prompts, config.prompt_tokens),
                             embedder.encode(seg_texts, config.segment_tokens)]) if items else np.zeros((0, 384))
     p_row = {p: i for i, p in enumerate(prompts)}
     s_row = {t: len(prompts) + i for i, t in enumerate(seg_texts)}
-    b = len(items)
+    b, k = len(items), config.max_segments
     seg_idx = np.full((b, k), -1, dtype=np.int64)
     seg_x = np.zeros((b, k, len(SEGMENT_FEATURES)), dtype=np.float32)
     glob = np.zeros((b, glob_width(config)), dtype=np.float32)
-    for r, (it, s, c, ts) in enumerate(zip(items, segs, chosen, texts)):
-        rows = [s_row[t] for t in ts]
+    for r, (it, (texts, pos, g)) in enumerate(zip(items, parsed)):
+        rows = [s_row[t] for t in texts]
         seg_idx[r, :len(rows)] = rows
+        glob[r] = g
         if rows:
             e = table[rows]
             sims = e @ e.T
-            to_prompt = e @ table[p_row[it.prompt]]
-            for j, i in enumerate(c):
-                seg_x[r, j] = (to_prompt[j], sims[j, j - 1] if j else 0.0, sims[j, :j].max() if j else 0.0,
-                               i / max(len(s) - 1, 1), math.log1p(len(s[i])), float(i == len(s) - 1))
-        glob[r, :len(SIZE_FEATURES)] = (math.log1p(len(it.reasoning)), math.log1p(len(s)))
-        if config.use_structure:
-            glob[r, len(SIZE_FEATURES):] = structure_features(it.prompt, it.reasoning, config.signals)
+            n = len(rows)
+            seg_x[r, :n, 0] = e @ table[p_row[it.prompt]]
+            seg_x[r, 1:n, 1] = np.diagonal(sims, -1)
+            seg_x[r, 1:n, 2] = [sims[j, :j].max() for j in range(1, n)]
+            seg_x[r, :n, 3:] = pos
     return Features(table.astype(np.float32), np.array([p_row[it.prompt] for it in items], dtype=np.int64),
                     seg_idx, seg_x, glob)
 
@@ -320,9 +376,19 @@ class LiteScorer(Scorer):
 
     def __init__(self, arg: str = "", *, batch_size: int = 32, cache_dir: str | None = None, **_: Any):
         self.spec = f"lite:{arg}" if arg else "lite"
+        from .embed import get_encoder
+
         self.model = LiteModel.load(arg or DEFAULT_DIR)
         self.embedder = Embedder(cache_dir)
         self.batch_size = batch_size
+        get_encoder()  # load the backbone now, so the first score call is not the slow one
+
+    @classmethod
+    def from_model(cls, model: LiteModel, embedder: Embedder, batch_size: int = 32) -> LiteScorer:
+        """A scorer around an in-memory model (training evaluates before anything is saved)."""
+        self = cls.__new__(cls)
+        self.spec, self.model, self.embedder, self.batch_size = "lite", model, embedder, batch_size
+        return self
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
         out: list[float] = []
@@ -342,16 +408,6 @@ PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
 
 
-@dataclass
-class Pair:
-    prompt: str
-    chosen: str  # reasoning text (what the scorer reads)
-    rejected: str
-    kind: str  # PRMBench flaw kind, or the perturbation op
-    group: str  # problem id: the unit of the train/test split
-    source: str  # "prmbench", "perturb:<pool>" or "user"
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -367,66 +423,85 @@ def split_groups(groups: Iterable[str], test_fraction: float, seed: int) -> set[
     return set(ids[:round(len(ids) * test_fraction)])
 
 
-def _reasoning(text: str) -> str:
-    from .trace import split_response
-
-    return split_response(text)[0]
-
-
-def load_pairs(path: str | os.PathLike, source: str = "user") -> list[Pair]:
-    """TRL-style pairs (`prompt`, `chosen`, `rejected`; optional `kind`/`op`, `problem_id`/`id`)."""
-    from .io import iter_records
-
-    out = []
-    for line, rec in iter_records(path):
-        if isinstance(rec, InputError):
-            raise rec
-        for name in ("prompt", "chosen", "rejected"):
-            if not isinstance(rec.get(name), str):
-                raise InputError("missing or not a string", file=path, line=line, field=name)
-        group = str(rec.get("problem_id", rec.get("source_id", rec.get("prompt"))))
-        out.append(Pair(rec["prompt"], _reasoning(rec["chosen"]), _reasoning(rec["rejected"]),
-                        str(rec.get("kind", rec.get("op", "pair"))), group, source))
-    return out
+def _tag(pair: Pair, group: str, source: str) -> Pair:
+    """Remember the problem a pair belongs to (the unit of the split) and its data source (for weighting)."""
+    pair.extra["group"], pair.extra["source"] = group, source
+    return pair
 
 
-def load_pool(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """Best-of-N candidates grouped by `problem_id`, each with its reasoning and `correct` flag."""
-    from .io import iter_records
-
-    pools: dict[str, list[dict[str, Any]]] = {}
-    for line, rec in iter_records(path):
-        if isinstance(rec, InputError):
-            raise rec
-        for name in ("problem_id", "prompt", "response", "correct"):
-            if name not in rec:
-                raise InputError("missing", file=path, line=line, field=name)
-        pools.setdefault(str(rec["problem_id"]), []).append(
-            {"prompt": rec["prompt"], "reasoning": _reasoning(rec["response"]), "response": rec["response"],
-             "correct": bool(rec["correct"])})
-    return pools
-
-
-def perturbation_pairs(pool_path: str | os.PathLike, name: str, keep: set[str], seed: int,
-                       max_segments: int) -> list[Pair]:
-    """ME² perturbation pairs of the correct candidates of the problems in `keep`.
+def perturbation_pairs(candidates: Sequence[Candidate], name: str, seed: int, max_segments: int) -> list[Pair]:
+    """ME² perturbation pairs of the correct `candidates`.
 
     Traces too long for every segment to be embedded are left out: their flaw would often fall between the
     selected segments, teaching the segment encoder noise.
     """
-    from .io import read_jsonl
+    from .pairs import pair_from_record
     from .perturb import perturb_records
-    from .trace import trace_from_record
+    from .trace import Trace
 
-    traces = []
-    for i, rec in enumerate(read_jsonl(pool_path)):
-        if str(rec.get("problem_id")) in keep and rec.get("correct") is True:
-            t = trace_from_record(rec, default_id=f"{name}:{i}")
-            if len(segments(t.reasoning)) + 4 <= max_segments:
-                traces.append(t)
-    return [Pair(r["prompt"], _reasoning(r["chosen"]), _reasoning(r["rejected"]), r["op"],
-                 f"{name}:{r['problem_id']}", f"perturb:{name}")
+    traces = [Trace(id=f"{name}:{i}", prompt=c.prompt, reasoning=c.reasoning, response=c.response,
+                    extra={"problem_id": c.problem_id, "correct": c.correct})
+              for i, c in enumerate(candidates) if c.correct]
+    traces = [t for t in traces if len(segments(t.reasoning)) + 4 <= max_segments]
+    return [_tag(pair_from_record(r, default_id=r["id"]), f"{name}:{r['problem_id']}", f"perturb:{name}")
             for r in perturb_records(traces, seed=seed)]
+
+
+@dataclass
+class Dataset:
+    train: list[Pair]
+    test: list[Pair]  # held-out PRMBench problems (and held-out groups of user pairs)
+    pools: dict[str, list[Candidate]]  # Best-of-N candidates of the held-out problems
+    split: dict[str, Any]  # what is held out, recorded next to the weights
+    hashes: dict[str, str]  # sha256 of every data file read
+
+
+def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, config: LiteConfig) -> Dataset:
+    """The training recipe. With `shared_dir`: PRMBench pairs of 80% of its problems, plus ME² perturbations
+    of the correct candidates of half of each Best-of-N pool's problems; the other problems are held out.
+    `pairs_path` adds the user's pairs (grouped by `problem_id`, else prompt; 10% of groups held out)."""
+    from .bon import load_candidates
+    from .pairs import load_pairs
+
+    train: list[Pair] = []
+    test: list[Pair] = []
+    pools: dict[str, list[Candidate]] = {}
+    split: dict[str, Any] = {"seed": seed}
+    hashes: dict[str, str] = {}
+    if shared_dir is None and pairs_path is None:
+        raise ValueError("TRM-lite needs training data: --shared DIR (../shared/data) and/or a pairs file")
+    if shared_dir is not None:
+        shared = Path(shared_dir)
+        prm_file = shared / PRM_PAIRS
+        if not prm_file.is_file():
+            raise InputError("PRMBench pairs not found (is --shared the shared data directory?)", file=prm_file)
+        hashes[str(PRM_PAIRS)] = file_sha256(prm_file)
+        bad: list[InputError] = []  # PRMBench has rows whose flawed side equals the original: unusable
+        prm = [_tag(p, p.id, "prmbench") for p in load_pairs(prm_file, skip_bad=True, on_bad=bad.append)]
+        split["prmbench_skipped_rows"] = [str(e) for e in bad]
+        held = split_groups((p.id for p in prm), PRM_TEST_FRACTION, seed)
+        split["prmbench_test_ids"] = sorted(held)
+        train += [p for p in prm if p.id not in held]
+        test += [p for p in prm if p.id in held]
+        for name, rel in POOLS.items():
+            path = shared / rel
+            if not path.is_file():
+                raise InputError("candidate pool not found", file=path)
+            hashes[str(rel)] = file_sha256(path)
+            cands = load_candidates(path)
+            held_pool = split_groups((c.problem_id for c in cands), POOL_TEST_FRACTION, seed)
+            split[f"{name}_test_problem_ids"] = sorted(held_pool)
+            pools[name] = [c for c in cands if c.problem_id in held_pool]
+            train += perturbation_pairs([c for c in cands if c.problem_id not in held_pool], name, seed,
+                                        config.max_segments)
+    if pairs_path is not None:
+        user = [_tag(p, str(p.extra.get("problem_id", p.prompt)), "user") for p in load_pairs(pairs_path)]
+        hashes[Path(pairs_path).name] = file_sha256(pairs_path)
+        held = split_groups((p.extra["group"] for p in user), 0.1, seed)
+        split["user_test_groups"] = sorted(held)
+        train += [p for p in user if p.extra["group"] not in held]
+        test += [p for p in user if p.extra["group"] in held]
+    return Dataset(train, test, pools, split, hashes)
 
 
 def _index(items: list[Item], config: LiteConfig, embedder: Embedder, chunk: int = 512,
@@ -488,123 +563,6 @@ def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarra
     return losses
 
 
-def pairwise_report(pairs: Sequence[Pair], chosen: np.ndarray, rejected: np.ndarray,
-                    match_tolerance: float = 0.1) -> dict[str, Any]:
-    """Accuracy overall, per kind and on length-matched pairs, each next to the "shorter wins" baseline.
-
-    Ties count half, for the model and the baseline alike. A pair is length-matched when its two sides
-    differ by at most `match_tolerance` of the longer one, so length alone cannot separate them.
-    """
-    def acc(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.mean((a > b) + 0.5 * (a == b))) if len(a) else float("nan")
-
-    lc = np.array([-len(p.chosen) for p in pairs], dtype=float)
-    lr = np.array([-len(p.rejected) for p in pairs], dtype=float)
-    matched = np.abs(lc - lr) <= match_tolerance * np.maximum(-lc, -lr)
-    kinds = sorted({p.kind for p in pairs})
-    kind_of = np.array([p.kind for p in pairs])
-    return {
-        "n": len(pairs), "accuracy": acc(chosen, rejected), "length_baseline": acc(lc, lr),
-        "length_matched": {"n": int(matched.sum()), "accuracy": acc(chosen[matched], rejected[matched]),
-                           "length_baseline": acc(lc[matched], lr[matched]), "tolerance": match_tolerance},
-        "per_kind": {k: {"n": int((kind_of == k).sum()), "accuracy": acc(chosen[kind_of == k], rejected[kind_of == k]),
-                         "length_baseline": acc(lc[kind_of == k], lr[kind_of == k])} for k in kinds},
-    }
-
-
-def bon_report(pool: dict[str, list[dict[str, Any]]], scores: dict[str, Sequence[float]]) -> dict[str, Any]:
-    """Best-of-N accuracy of the argmax (first on ties) next to random (expected), shortest, longest, oracle."""
-    res = {"problems": len(pool), "model": 0.0, "random": 0.0, "shortest": 0.0, "longest": 0.0, "oracle": 0.0}
-    for pid, cands in pool.items():
-        correct = [c["correct"] for c in cands]
-        lengths = [len(c["response"]) for c in cands]
-        res["model"] += correct[int(np.argmax(scores[pid]))]
-        res["random"] += sum(correct) / len(correct)
-        res["shortest"] += correct[int(np.argmin(lengths))]
-        res["longest"] += correct[int(np.argmax(lengths))]
-        res["oracle"] += any(correct)
-    for k in ("model", "random", "shortest", "longest", "oracle"):
-        res[k] = res[k] / max(len(pool), 1)
-    return res
-
-
-def score_pool(model: LiteModel, embedder: Embedder, pool: dict[str, list[dict[str, Any]]],
-               show: bool = False) -> dict[str, list[float]]:
-    keys = list(pool)
-    items = [Item(c["prompt"], c["reasoning"]) for k in keys for c in pool[k]]
-    flat = model.score_features(_index(items, model.config, embedder, show=show))
-    out, i = {}, 0
-    for k in keys:
-        out[k] = flat[i:i + len(pool[k])].tolist()
-        i += len(pool[k])
-    return out
-
-
-def default_cache_dir() -> Path:
-    import tempfile
-
-    return Path(os.environ.get("THINKRM_LITE_CACHE", Path(tempfile.gettempdir()) / "thinkrm-lite-cache"))
-
-
-@dataclass
-class Dataset:
-    train: list[Pair]
-    test: list[Pair]  # held-out PRMBench problems (or held-out groups of user pairs)
-    pools: dict[str, dict[str, list[dict[str, Any]]]]  # Best-of-N pools restricted to held-out problems
-    split: dict[str, Any]  # what is held out, recorded in the model card
-    hashes: dict[str, str]  # sha256 of every data file read
-
-
-def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, config: LiteConfig) -> Dataset:
-    """The training recipe. With `shared_dir`: PRMBench pairs (80% of problems) plus ME² perturbations of
-    the correct candidates of half of each Best-of-N pool's problems; the other PRMBench problems and pool
-    halves are held out. `pairs_path` adds user pairs (split by problem like the rest)."""
-    train: list[Pair] = []
-    test: list[Pair] = []
-    pools: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    split: dict[str, Any] = {"seed": seed}
-    hashes: dict[str, str] = {}
-    if shared_dir is None and pairs_path is None:
-        raise ValueError("TRM-lite needs training data: --shared DIR (../shared/data) and/or a pairs file")
-    if shared_dir is not None:
-        shared = Path(shared_dir)
-        prm_file = shared / PRM_PAIRS
-        if not prm_file.is_file():
-            raise InputError("PRMBench pairs not found (is --shared the shared data directory?)", file=prm_file)
-        hashes[str(PRM_PAIRS)] = file_sha256(prm_file)
-        prm = []
-        for rec in load_pairs_records(prm_file):
-            prm.append(Pair(rec["prompt"], rec["chosen"], rec["rejected"], rec["kind"], rec["id"], "prmbench"))
-        held = split_groups((p.group for p in prm), PRM_TEST_FRACTION, seed)
-        split["prmbench_test_ids"] = sorted(held)
-        train += [p for p in prm if p.group not in held]
-        test += [p for p in prm if p.group in held]
-        for name, rel in POOLS.items():
-            path = shared / rel
-            if not path.is_file():
-                raise InputError("candidate pool not found", file=path)
-            hashes[str(rel)] = file_sha256(path)
-            pool = load_pool(path)
-            held_pool = split_groups(pool, POOL_TEST_FRACTION, seed)
-            split[f"{name}_test_problem_ids"] = sorted(held_pool)
-            pools[name] = {k: v for k, v in pool.items() if k in held_pool}
-            train += perturbation_pairs(path, name, set(pool) - held_pool, seed, config.max_segments)
-    if pairs_path is not None:
-        user = load_pairs(pairs_path)
-        hashes[Path(pairs_path).name] = file_sha256(pairs_path)
-        held = split_groups((p.group for p in user), 0.1, seed)
-        split["user_test_groups"] = len(held)
-        train += [p for p in user if p.group not in held]
-        test += [p for p in user if p.group in held]
-    return Dataset(train, test, pools, split, hashes)
-
-
-def load_pairs_records(path: Path) -> Iterable[dict[str, Any]]:
-    from .io import read_jsonl
-
-    return read_jsonl(path)
-
-
 def _pair_rows(pairs: Sequence[Pair]) -> tuple[list[Item], np.ndarray]:
     """Distinct (prompt, reasoning) items and, per pair, the rows of its chosen and rejected sides."""
     row: dict[Item, int] = {}
@@ -618,17 +576,23 @@ def _pair_rows(pairs: Sequence[Pair]) -> tuple[list[Item], np.ndarray]:
 def source_weights(pairs: Sequence[Pair]) -> np.ndarray:
     """Each data source contributes the same total weight, so thousands of cheap perturbations do not drown
     the real PRMBench pairs (and vice versa)."""
-    sources = [p.source for p in pairs]
+    sources = [p.extra["source"] for p in pairs]
     counts = {s: sources.count(s) for s in set(sources)}
     return np.array([len(pairs) / (len(counts) * counts[s]) for s in sources], dtype=np.float64)
+
+
+def default_cache_dir() -> Path:
+    import tempfile
+
+    return Path(os.environ.get("THINKRM_LITE_CACHE", Path(tempfile.gettempdir()) / "thinkrm-lite-cache"))
 
 
 def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir: str | None, seed: int = 0, *,
                config: LiteConfig | None = None, cache_dir: str | os.PathLike | None = None, epochs: int = 40,
                show_progress: bool = True) -> dict[str, Any]:
-    """Train TRM-lite, evaluate it on the held-out problems, and write weights + MODEL_CARD.md to
-    `output_dir`. Deterministic given the data, `seed` and the config (single-threaded math is not
-    required: training runs on fixed, pre-computed features in a fixed order)."""
+    """Train TRM-lite, evaluate it on the held-out problems with `thinkrm eval-pairs` and Best-of-N logic, and
+    write weights, split.json and MODEL_CARD.md to `output_dir`. Deterministic given the data, `seed` and the
+    config: features are computed once, then training runs in a fixed, seeded order."""
     import torch
 
     from .me2 import SIGNALS
@@ -645,10 +609,10 @@ def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir
     model = LiteModel.new(config, seed)
     torch.use_deterministic_algorithms(True)
     losses = fit(model, feats, idx, source_weights(data.train), epochs=epochs, seed=seed)
-    results = evaluate(model, embedder, data, show=show_progress)
+    results = evaluate(model, embedder, data)
     model.meta = {"seed": seed, "epochs": epochs, "train_pairs": len(data.train),
-                  "train_pairs_by_source": _count(p.source for p in data.train), "final_loss": losses[-1],
-                  "data_sha256": data.hashes, "results": results}
+                  "train_pairs_by_source": _count(p.extra["source"] for p in data.train),
+                  "final_loss": losses[-1], "data_sha256": data.hashes, "results": results}
     out = Path(output_dir)
     model.save(out)
     from .io import atomic_write, write_json
@@ -659,14 +623,18 @@ def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir
     return results
 
 
-def evaluate(model: LiteModel, embedder: Embedder, data: Dataset, show: bool = False) -> dict[str, Any]:
+def evaluate(model: LiteModel, embedder: Embedder, data: Dataset) -> dict[str, Any]:
+    """Held-out results through the project's own evaluators (`thinkrm eval-pairs`, `thinkrm bon`)."""
+    from .bon import best_of_n
+    from .evaluate import evaluate_pairs
+
+    scorer = LiteScorer.from_model(model, embedder)
     results: dict[str, Any] = {}
     if data.test:
-        items, idx = _pair_rows(data.test)
-        s = model.score_features(_index(items, model.config, embedder, show=show))
-        results["pairs"] = pairwise_report(data.test, s[idx[:, 0]], s[idx[:, 1]])
-    for name, pool in data.pools.items():
-        results[f"bon_{name}"] = bon_report(pool, score_pool(model, embedder, pool, show=show))
+        results["pairs"] = evaluate_pairs(data.test, scorer)
+    for name, cands in data.pools.items():
+        size = max(_count(c.problem_id for c in cands).values())
+        results[f"bon_{name}"] = best_of_n(cands, scorer, strategies=("argmax",), ns=(size,), repeats=1)
     return results
 
 
@@ -677,8 +645,36 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f}%"
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def results_markdown(res: dict[str, Any]) -> list[str]:
+    """Held-out results (as `evaluate` returns them) as model-card lines, each next to its baselines."""
+    lines: list[str] = []
+    pr = res.get("pairs")
+    if pr:
+        base = pr["baselines"]["length"]
+        lines += [f"PRMBench pairwise accuracy (`thinkrm eval-pairs` definition: ties count as wrong): "
+                  f"**{_pct(pr['accuracy'])}** on {pr['num_pairs']} held-out pairs; length baseline \"shorter "
+                  f"wins\" {_pct(base['accuracy'])}.", "",
+                  "| kind | pairs | TRM-lite | shorter wins |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['num_pairs']} | {_pct(v['accuracy'])} | {_pct(base['per_kind'][k]['accuracy'])} |"
+                  for k, v in pr.get("per_kind", {}).items()]
+        lm, blm = pr["length_matched"], base["length_matched"]
+        lines += [f"| *length-matched* (within {lm['tolerance']:.0%}) | {lm['num_pairs']} | {_pct(lm['accuracy'])} "
+                  f"| {_pct(blm['accuracy'])} |", ""]
+    for name in POOLS:
+        b = res.get(f"bon_{name}")
+        if b:
+            n = str(b["ns"][-1])
+            cell = lambda d: _pct(d[n]["mean"])  # noqa: E731
+            lines += [f"Best-of-N on `{name}` ({b['n_problems']} held-out problems, argmax over all "
+                      f"{n} candidates): TRM-lite **{cell(b['strategies']['argmax'])}**; random "
+                      f"{cell(b['baselines']['random'])}, shortest {cell(b['baselines']['shortest'])}, longest "
+                      f"{cell(b['baselines']['longest'])}, majority vote {cell(b['baselines']['majority-vote'])}, "
+                      f"oracle {cell(b['baselines']['oracle'])}.", ""]
+    return lines
 
 
 def model_card(model: LiteModel, data: Dataset) -> str:
@@ -712,23 +708,7 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         f" --seed {meta.get('seed')}`).", "",
         "## Results on held-out problems", "",
     ]
-    res = meta.get("results", {})
-    pr = res.get("pairs")
-    if pr:
-        lines += [f"PRMBench pairwise accuracy: **{_pct(pr['accuracy'])}** on {pr['n']} pairs "
-                  f"(length baseline \"shorter wins\": {_pct(pr['length_baseline'])}).", "",
-                  "| kind | pairs | TRM-lite | shorter wins |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {v['n']} | {_pct(v['accuracy'])} | {_pct(v['length_baseline'])} |"
-                  for k, v in pr["per_kind"].items()]
-        lm = pr["length_matched"]
-        lines += ["", f"Length-matched pairs (sides within {lm['tolerance']:.0%} of each other's length): "
-                  f"{lm['n']} pairs, TRM-lite {_pct(lm['accuracy'])}, shorter wins {_pct(lm['length_baseline'])}.", ""]
-    for name in POOLS:
-        b = res.get(f"bon_{name}")
-        if b:
-            lines += [f"Best-of-N on `{name}` (held-out {b['problems']} problems): TRM-lite **{_pct(b['model'])}**, "
-                      f"random {_pct(b['random'])}, shortest {_pct(b['shortest'])}, longest {_pct(b['longest'])}, "
-                      f"oracle {_pct(b['oracle'])}.", ""]
+    lines += results_markdown(meta.get("results", {}))
     lines += ["## Speed", "", SPEED_BEGIN, "Not measured yet: run `python benchmarks/bench_lite.py --write-card`.",
               SPEED_END, ""]
     return "\n".join(lines)

@@ -167,12 +167,14 @@ class LLMClient:
     """An async chat-completions client; use as `async with LLMClient(cfg) as llm: await llm.chat(...)`.
 
     `usage` maps a stage name (the `stage=` of each call) to its `Usage`. `json_schema_supported` starts as
-    None (unknown) and becomes False after the server rejects `response_format`, so later calls skip it.
+    None (unknown) and becomes False after the server rejects `response_format`, so later calls skip it;
+    `seed_supported` likewise for `seed`.
     """
 
     config: LLMConfig
     usage: dict[str, Usage] = field(default_factory=dict)
     json_schema_supported: bool | None = None
+    seed_supported: bool = True
 
     def __post_init__(self) -> None:
         self.config = self.config.resolved()
@@ -223,7 +225,7 @@ class LLMClient:
             return hit
         body: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature,
                                 "top_p": top_p, "max_tokens": max_tokens}
-        if temperature > 0:
+        if temperature > 0 and self.seed_supported:
             body["seed"] = sample
         if json_schema is not None and self.json_schema_supported is not False:
             body["response_format"] = {"type": "json_schema",
@@ -241,7 +243,8 @@ class LLMClient:
 
         url = f"{self.config.base_url}/chat/completions"
         last = ""
-        for attempt in range(self.config.max_retries + 1):
+        attempt = 0
+        while True:
             retry_after: float | None = None
             try:
                 resp = await self._http.post("/chat/completions", json=body)
@@ -259,8 +262,13 @@ class LLMClient:
                                        f"check --api-key / {ENV_API_KEY}")
                 if resp.status_code in (400, 413, 422) and "response_format" in body and \
                         any(h in low for h in _FORMAT_HINTS):
+                    # Not a failure of the server: re-send at once without the field, as a fresh attempt.
                     self.json_schema_supported = False
                     body = {k: v for k, v in body.items() if k != "response_format"}
+                    continue
+                if resp.status_code in (400, 422) and "seed" in body and "seed" in low:
+                    self.seed_supported = False  # votes stay distinct through the cache key regardless
+                    body = {k: v for k, v in body.items() if k != "seed"}
                     continue
                 if resp.status_code in (400, 413, 422) and any(h in low for h in _OVERFLOW_HINTS):
                     raise ContextOverflowError(f"{url}: the request does not fit the model's context window "
@@ -272,16 +280,23 @@ class LLMClient:
                     raise LLMError(f"{url} rejected the request (HTTP {resp.status_code}: {detail})")
                 last = f"HTTP {resp.status_code}: {detail}"
                 retry_after = _retry_after(resp)
-            if attempt < self.config.max_retries:
-                delay = self.config.backoff * 2 ** attempt * (0.5 + random.random())
-                await asyncio.sleep(min(60.0, max(delay, retry_after or 0.0)))
-        raise LLMConnectionError(f"{url} failed after {self.config.max_retries + 1} attempts; last error: {last}")
+            if attempt >= self.config.max_retries:
+                raise LLMConnectionError(f"{url} failed after {attempt + 1} attempts; last error: {last}")
+            delay = self.config.backoff * 2 ** attempt * (0.5 + random.random())
+            await asyncio.sleep(min(60.0, max(delay, retry_after or 0.0)))
+            attempt += 1
 
     def _parse(self, resp: Any, url: str) -> Completion:
         try:
             data = resp.json()
             choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
+            message = choice["message"]
+            text = message.get("content") or ""
+            # Servers with a reasoning parser (vLLM, SGLang) return the thinking apart from the answer; the
+            # pipeline needs it, in the `<think>` form the rest of thinkrm reads.
+            thinking = message.get("reasoning_content") or message.get("reasoning")
+            if isinstance(thinking, str) and thinking.strip():
+                text = f"<think>\n{thinking.strip()}\n</think>\n{text}"
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise LLMError(f"{url} answered with something that is not a chat completion: "
                            f"{resp.text[:200]!r}") from None

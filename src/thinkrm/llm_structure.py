@@ -72,16 +72,25 @@ class _Runner:
         self.llm, self.loop = llm, loop
         self.config = config or LLMConfig()
         self._owned = False
+        self.closed_usage: dict[str, Usage] = {}  # what the runner's own client spent, kept after close
 
     def __call__(self, fn: Callable[[LLMClient], Awaitable[T]]) -> T:
         if self.llm is None:
             self._start()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:  # waiting here would block the very loop that must answer
+            raise RuntimeError("an LLM structurer sharing a client cannot run on that client's event loop; "
+                               "use `await thinkrm.llm_structure.build_dag_async(...)`")
         return asyncio.run_coroutine_threadsafe(fn(self.llm), self.loop).result()
 
     def _start(self) -> None:
         client = LLMClient(self.config)  # resolves the config first: a missing server fails here, clearly
         loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True, name="thinkrm-llm").start()
+        self._thread = threading.Thread(target=loop.run_forever, daemon=True, name="thinkrm-llm")
+        self._thread.start()
         asyncio.run_coroutine_threadsafe(client.__aenter__(), loop).result()
         self.llm, self.loop, self._owned = client, loop, True
 
@@ -89,6 +98,9 @@ class _Runner:
         if self._owned:
             asyncio.run_coroutine_threadsafe(self.llm.__aexit__(None, None, None), self.loop).result()
             self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self.loop.close()
+            self.closed_usage = self.llm.usage
             self.llm, self.loop, self._owned = None, None, False
 
 
@@ -107,7 +119,7 @@ class _LLMBase:
     @property
     def usage(self) -> dict[str, Usage]:
         """Usage of the client this structurer calls (shared with the pipeline when it was given one)."""
-        return self._run.llm.usage if self._run.llm is not None else {}
+        return self._run.llm.usage if self._run.llm is not None else self._run.closed_usage
 
     def close(self) -> None:
         """Close the structurer's own client, if it opened one (a shared client is its owner's to close)."""

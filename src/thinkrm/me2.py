@@ -12,6 +12,7 @@ docs/me2.md is the long form of the same definitions.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 import re
@@ -41,8 +42,8 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
               "trace starts over from the problem set-up", "lower"),
     SignalDef("reopened_branches", "macro_efficiency", "backtracks to a step that an earlier backtrack already "
               "returned to: the trace goes back to a fork it had already reconsidered", "lower"),
-    SignalDef("off_path_share", "macro_efficiency", "share of steps that are not on the answer path (the answer "
-              "leaf and its ancestors)", "lower"),
+    SignalDef("off_path_share", "macro_efficiency", "share of steps outside the answer leaf and its ancestors "
+              "(merged branches included): work that never fed the answer", "lower"),
     SignalDef("dead_ends", "macro_efficiency", "leaf super-nodes other than the answer leaf: branches that were "
               "abandoned without feeding into the answer", "lower"),
     SignalDef("path_coherence", "macro_effectiveness", "mean overlap coefficient |A∩B|/min(|A|,|B|) of the "
@@ -99,12 +100,13 @@ _VERIFY = re.compile(r"^\W*(?:\w+,?\s+){0,3}?(?:let me (?:double[- ])?(?:check|v
 _ASSIGN = re.compile(r"(?<![\w\\.^])([A-Za-z][A-Za-z_]{0,15}(?:_\{?\w+\}?)?)\s*=\s*(-?\d+(?:\.\d+)?)"
                      r"(?![\w^/*+({]|\.\d|\s*[-+*/^×÷=]\s*[\w(])")
 
-# Possessive quantifiers and the start boundary keep the scan linear: without them a long run of digits
-# (some traces hold 300-digit numbers) makes the engine retry every split of the run, quadratically.
-_NUM = r"\d++(?:,\d{3}(?!\d))*+(?:\.\d++)?+"
+# The scan must stay linear on hostile text. Possessive quantifiers stop the engine from retrying every split
+# of a 300-digit number, and the bounded repetitions stop every start inside `1 + 1 + 1 + ...` from
+# re-reading the rest of it; an expression longer than the bounds is simply not checked.
+_NUM = r"\d{1,40}+(?:,\d{3}(?!\d)){0,6}+(?:\.\d{1,40}+)?+"
 _OP = r"(?:[-+*/^×÷·−]|\\times|\\cdot|\\div)"
-_EXPR = rf"[(\s]*+-?{_NUM}(?:[\s)]*+{_OP}[\s(]*+-?{_NUM})*+[\s)]*+"
-_CHAIN = re.compile(rf"(?<![\w.,]){_EXPR}(?:=(?!=){_EXPR})++")
+_EXPR = rf"[(\s]{{0,6}}+[-−]?{_NUM}(?:[\s)]{{0,6}}+{_OP}[\s(]{{0,6}}+[-−]?{_NUM}){{0,12}}+[\s)]{{0,6}}+"
+_CHAIN = re.compile(rf"(?<![\w.,+\-*/^×÷·−)])(?<![+\-*/^×÷·−] ){_EXPR}(?:=(?!=){_EXPR}){{1,6}}+")
 _OP_TRANSLATE = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
                  ("−", "-"), ("^", "**")]
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -228,7 +230,15 @@ class _Analyzer:
                 reopened += 1
                 self.find("reopened_branches", s.start, s.end, f"returns again to step {target}")
             targets.add(target)
-        on_path = {m for sid in dag.answer_path for m in dag.supernodes[sid].members}
+        # Branches merged into the answer fed it, so "on path" is every ancestor, not just the answer_path chain.
+        feeding: set[int] = set()
+        todo = [dag.answer_node] if dag.answer_node is not None else []
+        while todo:
+            sid = todo.pop()
+            if sid not in feeding:
+                feeding.add(sid)
+                todo.extend(dag.supernodes[sid].parents)
+        on_path = {m for sid in feeding for m in dag.supernodes[sid].members}
         dead = [s for s in dag.supernodes if not s.children and s.id != dag.answer_node]
         for s in dead:
             first, last = self.steps[s.members[0]], self.steps[s.members[-1]]
@@ -323,8 +333,9 @@ class _Analyzer:
     def micro_effectiveness(self) -> dict[str, Value]:
         corrections, last_end = 0, -100
         for m in _CORRECTION.finditer(self.text):
-            # "Wait, no, that's wrong" is one admission, not two.
-            if m.start() - last_end > 20:
+            # "Wait, no, that's wrong" is one admission, not two; a new sentence is a new one.
+            gap = self.text[max(last_end, 0):m.start()] if m.start() - last_end <= 20 else "."
+            if any(c in gap for c in ".!?\n"):
                 corrections += 1
                 self.find("self_corrections", m.start(), m.end(), m.group(0))
             last_end = m.end()
@@ -357,8 +368,8 @@ class _Analyzer:
             end = m.end() - (len(raw) - len(raw.rstrip()))
             touching = self.text[start - 1:start] if start else ""
             following = self.text[end:end + 1]
-            prev_sym = self.text[:start].rstrip()[-1:]
-            next_sym = self.text[end:].lstrip()[:1]
+            prev_sym = self.text[max(0, start - 32):start].rstrip()[-1:]
+            next_sym = self.text[end:end + 32].lstrip()[:1]
             # Touching a variable, a LaTeX command or another operator means the numbers are part of a larger
             # expression (`x - 2 + 3 = 1`), and checking the numeric fragment alone would be wrong.
             if (touching.isalnum() or touching in ("\\", "_", ".", "^", "{", "}", ")")
@@ -380,10 +391,11 @@ class _Analyzer:
 
 def _has_op(expr: str) -> bool:
     s = expr.strip().lstrip("(").lstrip()
-    s = s[1:] if s.startswith("-") else s  # a leading minus is a sign, not a claim
+    s = s[1:] if s[:1] in ("-", "−") else s  # a leading minus is a sign, not a claim
     return bool(re.search(_OP, s))
 
 
+@functools.lru_cache(maxsize=4096)  # traces repeat the same sums when they re-check
 def _evaluate(expr: str) -> float | None:
     """Safely evaluate a numeric expression (numbers, + - * / ^, parentheses); None if not evaluable."""
     s = expr.strip()

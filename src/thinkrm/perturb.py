@@ -26,7 +26,8 @@ op                       dimension              what it does
                                                 replaced by a bare "clearly" claim
 =======================  =====================  ====================================================
 
-Operations are deterministic given `seed` and the trace id; an operation that does not apply to a trace
+A pair names its operation in `kind` (what `thinkrm eval-pairs` reports accuracy per) and the ME² dimension
+it breaks in `dimension`. Operations are deterministic given `seed` and the trace id; an operation that does not apply to a trace
 (too few steps, no calculation to corrupt) is skipped rather than forced.
 """
 
@@ -241,9 +242,9 @@ def perturb_records(traces: Iterable[Trace], ops: Sequence[str] | None = None, *
             continue
         others = [t for p, t in pool if p != trace.prompt]
         for p in perturb_trace(trace, ops, seed=seed, detour_pool=others):
-            rec = {k: v for k, v in trace.extra.items() if k not in {"chosen", "rejected", "edit"}}
+            rec = {k: v for k, v in trace.extra.items() if k not in {"chosen", "rejected", "edit", "kind", "dimension"}}
             rec.update(id=f"{trace.id}:{p.op}", source_id=trace.id, prompt=trace.prompt, chosen=trace.full_response,
-                       rejected=p.edit.apply(trace.full_response), op=p.op, dimension=p.dimension,
+                       rejected=p.edit.apply(trace.full_response), kind=p.op, dimension=p.dimension,
                        edit=asdict(p.edit))
             yield rec
         for step in split_steps(trace.reasoning):

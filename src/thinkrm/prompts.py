@@ -15,6 +15,8 @@ Prompts and their purpose (docs/llm-pipeline.md shows them in context):
 * `JUDGE_SYSTEM`, `DIMENSIONS` / `dimension_user()`: the four ME² dimension judges; macro ones read the macro
   views, micro ones the micro paths.
 * `AGGREGATE_SYSTEM` / `aggregate_user()`: the overall verdict, from the full traces and the four verdicts.
+* `GENERATE_INSTRUCTION`: appended to each problem when `thinkrm build-pairs` samples traces, so the final
+  answer comes out boxed where the verifier looks first.
 
 Every judge answer must end with `<|decision|>` followed by exactly `Trace 1`, `Trace 2` or `Tie`.
 """
@@ -186,6 +188,15 @@ def aggregate_user(prompt: str, t1: str, t2: str, assessments: list[tuple[str, s
     return f"{_two_traces(prompt, t1, t2)}\n\nAssessments:\n" + "\n\n".join(lines)
 
 
+# --- Trace generation (build-pairs) ------------------------------------------------------------------------
+
+GENERATE_INSTRUCTION = "Reason step by step, then give the final answer as \\boxed{answer}."
+
+
+def generate_user(problem: str) -> str:
+    return f"{problem}\n\n{GENERATE_INSTRUCTION}"
+
+
 def system(text: str) -> dict[str, str]:
     return {"role": "system", "content": text}
 
@@ -201,6 +212,7 @@ def describe() -> str:
            f"## JUDGE_SYSTEM\n{JUDGE_SYSTEM}"]
     out += [f"## Dimension {d.title} (view: {d.view})\n{d.question}" for d in DIMENSIONS]
     out.append(f"## AGGREGATE_SYSTEM\n{AGGREGATE_SYSTEM}")
+    out.append(f"## GENERATE_INSTRUCTION\n{GENERATE_INSTRUCTION}")
     return "\n\n".join(out)
 
 

@@ -93,7 +93,7 @@ class ThinkingReward:
 
     def __init__(self, scorer: str | Any = "lite", alpha: float = 0.2, *, timeout: float = 5.0,
                  workers: int | None = None, gold_columns: Sequence[str] = GOLD_COLUMNS, score_all: bool = False,
-                 scorer_options: dict[str, Any] | None = None):
+                 scorer_options: dict[str, Any] | Sequence[tuple[str, Any]] | None = None):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.scorer_spec = scorer
@@ -102,7 +102,7 @@ class ThinkingReward:
         self.workers = workers
         self.gold_columns = tuple(gold_columns)
         self.score_all = score_all
-        self.scorer_options = scorer_options or {}
+        self.scorer_options = dict(scorer_options or {})
         self._scorer = None
         self._lock = threading.Lock()
 
@@ -189,3 +189,17 @@ def thinking_reward(scorer: str | Any = "lite", alpha: float = 0.2, *, asynchron
     """A TRL-ready gated reward: `GRPOTrainer(reward_funcs=[thinking_reward("lite")], ...)`."""
     cls = AsyncThinkingReward if asynchronous else ThinkingReward
     return cls(scorer, alpha, **options)
+
+
+_shared: dict[tuple, ThinkingReward] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_reward(scorer: str, alpha: float = 0.2, **options: Any) -> ThinkingReward:
+    """One `ThinkingReward` per (scorer, alpha, options) per process, for frameworks that call a plain
+    function per sample or batch (verl, OpenRLHF): the scorer is loaded once, not on every call."""
+    key = (scorer, alpha, tuple(sorted(options.items())))
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = ThinkingReward(scorer, alpha, **options)
+        return _shared[key]

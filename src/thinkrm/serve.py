@@ -766,7 +766,9 @@ def make_server(app: Any, config: ServeConfig):
 def bind(config: ServeConfig) -> tuple[socket.socket, str]:
     """The listening socket and its base URL, bound before serving so `--port 0` reports the real port."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family)
+    # proto must say TCP: asyncio enables TCP_NODELAY on accepted sockets only then, and without it every
+    # keep-alive request after the first waits ~40 ms for a delayed ACK (uvicorn issue #3149).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((config.host, config.port))

@@ -148,6 +148,7 @@ _CHECK = re.compile(
     r"re-?verify|see if|test)|let's (check|verify|double[- ]?check|confirm|make sure)|to (verify|check|confirm)|"
     r"check(ing)?\b|verif(y|ying|ication)\b|double[- ]?check|but let me)")
 _INTERJECTION = re.compile(r"(wait|hmm+|hold on|but wait|well|ok|okay|oh)\b[\s,.!:;-]*(?:(?:wait|hmm+|but)\b[\s,.!:;-]*)*")
+_QUESTION = re.compile(r"[^.!?\n]{0,100}\?")
 _DECORATION = re.compile(r"[\s*#>_\-•\"'“(\[]+")
 
 
@@ -167,7 +168,9 @@ def cue_of(text: str) -> str | None:
             return kind
     if m is None or m.group(1) in ("well", "ok", "okay"):  # these only pace the text
         return None
-    return "check" if m.group(1).startswith("hmm") else "correct"
+    if m.group(1).startswith("hmm") or _QUESTION.match(rest):  # "Wait, is 27 really the smallest?"
+        return "check"
+    return "correct"
 
 
 # --- lexical/numeric overlap ---------------------------------------------------------------------------
@@ -299,15 +302,20 @@ class HeuristicStructurer(CueStructurer):
 class EmbeddingStructurer(CueStructurer):
     """Cues plus all-MiniLM-L6-v2 similarity: finds the referenced step even when it is paraphrased.
 
-    All steps of a trace are embedded in one batch in `start`; each step is represented by its opening
-    (what it is about), which keeps a 30k-character trace well under a second on a laptop CPU.
+    All steps of a trace are embedded in one batch in `start`, each by its opening (what it is about).
+    MiniLM costs ~20 MFLOP per token, so the openings are clipped to share a budget of about
+    `budget_chars` characters (~1,500 tokens) per trace: a short trace gets 300 characters per step, a
+    30k-character trace of ~170 short steps ~30, which keeps it near a second on a 2-core laptop (see
+    docs/steps-and-dag.md for the measurement and the trade-off).
     """
 
     name = "embedding"
     min_similarity = 0.3
     merge_similarity = 0.45
     conclude_similarity = 0.6
-    embed_chars = 300
+    max_chars = 300  # per step; MiniLM reads ~80 tokens of it
+    min_chars = 24
+    budget_chars = 5000
 
     def __init__(self, encoder: Any = None) -> None:
         self._encoder = encoder
@@ -318,7 +326,8 @@ class EmbeddingStructurer(CueStructurer):
             from .embed import get_encoder
 
             self._encoder = get_encoder()
-        self._emb = self._encoder.encode([s.text[:self.embed_chars] for s in steps])
+        clip = max(self.min_chars, min(self.max_chars, self.budget_chars // max(1, len(steps))))
+        self._emb = self._encoder.encode([s.text[:clip] for s in steps])
 
     def similarities(self, step_id: int, candidates: Sequence[int]) -> list[float]:
         emb = self._emb

@@ -46,7 +46,7 @@ class TrainConfig:
     pairs: str = field(default="", metadata={"help": "Preference pairs (JSONL or JSON list, TRL format)."})
     output_dir: str = field(default="", metadata={"help": "Where the trained checkpoint is written."})
     base: str = field(default="", metadata={"help": "Base model, 'hf:MODEL_ID_OR_PATH' (a causal LM or a classifier)."})
-    preset: str | None = field(default=None, metadata={"help": "Named recipe: " + ", ".join(("trm-8b", "cpu-debug"))})
+    preset: str | None = field(default=None, metadata={"help": "Named recipe: trm-8b (the paper's) or cpu-debug."})
     input_format: str = field(default="plain", metadata={
         "help": "'plain' = prompt + newline + reasoning (as TRM-8B is served); 'chat' = the tokenizer's chat template."})
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={
@@ -126,6 +126,7 @@ class TrainReport:
     bad_examples: list[str] = field(default_factory=list)
     truncated_sides: int = 0
     steps: int = 0
+    train_loss: float | None = None
     first_loss: float | None = None
     last_loss: float | None = None
     initial_eval_accuracy: float | None = None
@@ -158,8 +159,8 @@ def _encode_pairs(pairs: list[Pair], encoder: InputEncoder, with_margin: bool, c
     rejected_all = encoder.encode_batch([(p.prompt, p.rejected) for p in pairs])
     for p, (chosen, cut_c), (rejected, cut_r) in zip(pairs, chosen_all, rejected_all):
         if (cut_c or cut_r) and config.over_length == "skip":
-            note_bad(InputError(f"longer than --max-length {config.max_length} tokens", file=None,
-                                line=None, field="chosen" if cut_c else "rejected"), p)
+            note_bad(InputError(f"longer than --max-length {config.max_length} tokens",
+                                field="chosen" if cut_c else "rejected"), p)
             continue
         if chosen == rejected:
             # Two different traces can agree on everything that survives truncation; such a pair has no signal.
@@ -211,23 +212,33 @@ def _resolve_base(base: str) -> str:
     return name
 
 
-def _load_model_and_tokenizer(config: TrainConfig):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_tokenizer(config: TrainConfig):
+    """The base tokenizer, with a real pad token distinct from EOS (added when it has none)."""
+    from transformers import AutoTokenizer
 
-    name = _resolve_base(config.base)
-    dtype = _torch_dtype(config.dtype, "--dtype")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        # A causal-LM base gets a fresh one-output head here; a classifier base keeps its head.
-        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(_resolve_base(config.base))
     except OSError as e:
         raise ValueError(f"--base {config.base!r}: cannot load it ({str(e).splitlines()[0]})") from None
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
+    return tokenizer
+
+
+def _load_model(config: TrainConfig, tokenizer):
+    """Called after the trainer arguments exist, so ZeRO-3 can partition the weights while they load."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        # A causal-LM base gets a fresh one-output head here; a classifier base keeps its head.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            _resolve_base(config.base), num_labels=1, dtype=_torch_dtype(config.dtype, "--dtype"))
+    except OSError as e:
+        raise ValueError(f"--base {config.base!r}: cannot load it ({str(e).splitlines()[0]})") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return model
 
 
 def _torch_dtype(name: str, flag: str):
@@ -271,7 +282,7 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         learning_rate=config.learning_rate, num_train_epochs=config.num_epochs, max_steps=config.max_steps,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
         center_rewards_coefficient=config.center_rewards_coefficient,
-        bf16=config.bf16, gradient_checkpointing=config.gradient_checkpointing,
+        bf16=config.bf16, activation_checkpointing=config.gradient_checkpointing,
         # Already encoded and truncated by thinkrm; TRL's own filter would drop long pairs silently.
         max_length=None,
         eval_strategy="steps" if evaluating else "no", eval_steps=config.eval_steps if evaluating else None,
@@ -280,7 +291,6 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         save_total_limit=1 if keep_best else 2, load_best_model_at_end=keep_best,
         metric_for_best_model="eval_accuracy" if keep_best else None, greater_is_better=True if keep_best else None,
         logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed, report_to=config.report_to,
-        remove_unused_columns=False, save_only_model=False,
     )
 
 
@@ -332,8 +342,7 @@ def train(config: TrainConfig) -> TrainReport:
 
     from transformers import set_seed
 
-    set_seed(config.seed)
-    model, tokenizer = _load_model_and_tokenizer(config)
+    tokenizer = _load_tokenizer(config)
     encoder = InputEncoder(tokenizer, max_length=config.max_length, input_format=config.input_format)
     # TRL's collator takes margins from all rows or none; a pair without one gets 0 (plain Bradley-Terry).
     with_margin = config.use_margin and any(p.margin is not None for p in train_pairs)
@@ -354,7 +363,14 @@ def train(config: TrainConfig) -> TrainReport:
                          file=config.eval_pairs or config.pairs)
     report.pairs_used, report.eval_pairs = len(train_rows), len(eval_rows)
 
-    trainer = _make_trainer(config, model, tokenizer, train_rows, eval_rows)
+    args = _reward_config(config, has_eval=bool(eval_rows))
+    if config.lora and _sharded_launch(args):
+        raise ValueError("--lora is merged into a plain checkpoint on one process, which needs unsharded weights: "
+                         "use it with configs/accelerate/ddp.yaml (ZeRO-3 / FSDP2 are for full fine-tuning)")
+    # The head is initialised at load time: seed first so a run is reproducible.
+    set_seed(config.seed)
+    model = _load_model(config, tokenizer)
+    trainer = _make_trainer(config, args, model, tokenizer, train_rows, eval_rows)
     if trainer.accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         # The sidecar marks a complete checkpoint; a stale one must not vouch for files we are about to replace.
@@ -372,19 +388,19 @@ def train(config: TrainConfig) -> TrainReport:
     return report
 
 
-def _make_trainer(config: TrainConfig, model, tokenizer, train_rows: list[dict], eval_rows: list[dict]):
+def _sharded_launch(args) -> bool:
+    """Whether `accelerate launch` shards the weights (ZeRO-3 or FSDP), read before any model is built."""
+    zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
+    return zero3 or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def _make_trainer(config: TrainConfig, args, model, tokenizer, train_rows: list[dict], eval_rows: list[dict]):
     from datasets import Dataset
     from trl import RewardTrainer
 
-    args = _reward_config(config, has_eval=bool(eval_rows))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                            processing_class=tokenizer, peft_config=_lora_config(config) if config.lora else None)
-    if config.lora and (trainer.is_fsdp_enabled or
-                        (trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)):
-        raise ValueError("--lora is merged into a plain checkpoint on one process, which needs unsharded weights: "
-                         "use it with configs/accelerate/ddp.yaml (ZeRO-3 / FSDP2 are for full fine-tuning)")
-    return trainer
+    return RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                         processing_class=tokenizer, peft_config=_lora_config(config) if config.lora else None)
 
 
 def _last_checkpoint(path: Path) -> str | None:
@@ -398,11 +414,13 @@ def _fill_report(report: TrainReport, trainer, result) -> None:
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h for h in history if "eval_accuracy" in h]
     report.steps = trainer.state.global_step
+    report.train_loss = result.training_loss
     report.first_loss = losses[0] if losses else None
     report.last_loss = losses[-1] if losses else None
     if evals:
         best = max(evals, key=lambda h: h["eval_accuracy"]) if trainer.args.load_best_model_at_end else evals[-1]
         report.eval_accuracy, report.best_step = best["eval_accuracy"], best["step"]
+    # TRL's own count (non-padding tokens, gathered over processes); it is not in the log between logging steps.
     report.train_tokens = int(trainer._total_train_tokens)
     runtime = result.metrics.get("train_runtime") or report.train_seconds
     report.tokens_per_second = report.train_tokens / runtime if runtime else 0.0

@@ -26,7 +26,7 @@ def run_perturb(candidates: str | Path, out: str | Path, *, ops: str | None = No
 
     def counted():
         for rec in perturb_records(traces, op_names, seed=seed):
-            counts[rec["op"]] += 1
+            counts[rec["kind"]] += 1
             yield rec
 
     write_jsonl(out, counted())

@@ -7,6 +7,7 @@ Every flag defaults to "not given": only flags the user typed override the prese
 from __future__ import annotations
 
 import inspect
+import os
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -61,7 +62,9 @@ def _run(pairs: Optional[Path], output_dir: Path, arch: str, shared: Optional[Pa
         overrides = dict(given, pairs=str(pairs), output_dir=str(output_dir))
         config = TrainConfig.from_preset(preset, **overrides) if preset else TrainConfig(**overrides)
         report = train(config)
-    _print_report(report)
+    # Under `accelerate launch` every process returns; one summary is enough.
+    if os.environ.get("RANK", "0") == "0":
+        _print_report(report)
 
 
 def _run_lite(pairs: Optional[Path], output_dir: Path, shared: Optional[Path], given: dict[str, Any]) -> None:
@@ -81,9 +84,8 @@ def _run_lite(pairs: Optional[Path], output_dir: Path, shared: Optional[Path], g
 def _print_report(report) -> None:
     console.print(f"[green]trained[/] {report.steps} steps on {report.pairs_used} pairs "
                   f"({report.eval_pairs} held out) -> {report.output_dir}")
-    if report.first_loss is not None:
-        console.print(f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}; "
-                      f"{report.tokens_per_second:,.0f} tokens/s")
+    curve = f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}, " if report.first_loss is not None else ""
+    console.print(f"{curve}mean loss {report.train_loss:.4f}; {report.tokens_per_second:,.0f} tokens/s")
     if report.eval_accuracy is not None:
         console.print(f"eval pairwise accuracy {report.eval_accuracy:.3f} (step {report.best_step})")
     if report.truncated_sides:

@@ -1,0 +1,137 @@
+"""Speed of the `hf:` scorer against the raw model, measured in the same process.
+
+A small Llama sequence classifier (4 layers, hidden 256 by default) with a locally trained tokenizer is
+built in a temporary directory, then the same items are scored three ways:
+
+* `raw`: the model's batched forward pass alone, on inputs already tokenized, padded and grouped into the
+  same length-sorted batches the scorer uses: the ceiling, with zero overhead of ours;
+* `scorer`: `load_scorer("hf:DIR").score(items)`: formatting, tokenization, truncation check, sorting,
+  padding, forward, order restored;
+* `loop`: one item at a time, tokenizer + forward, as a naive script would do.
+
+Targets (issue 3): scorer >= 90% of raw, scorer >= 3x loop.
+
+    python benchmarks/bench_hf_scorer.py [--items 256] [--batch-size 16] [--layers 4] [--hidden 256] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny tokenizer the tests train, reused rather than copied
+
+from tiny_models import CORPUS, make_tokenizer  # noqa: E402
+
+
+def build_model(path: Path, layers: int, hidden: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4,
+                         num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
+                         num_key_value_heads=max(hidden // 64, 1), max_position_embeddings=4096,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, num_labels=1)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_items(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Traces of mixed length (about 40 to 900 tokens with this tokenizer), like a real candidate pool."""
+    rng = random.Random(seed)
+    return [(rng.choice(CORPUS), "\n\n".join(rng.choice(CORPUS) for _ in range(rng.randint(1, 24))))
+            for _ in range(n)]
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    import torch
+
+    from thinkrm.scoring import load_scorer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_model(Path(tmp) / "rm", args.layers, args.hidden)
+        items = make_items(args.items)
+        scorer = load_scorer(f"hf:{path}", batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+        model, device = scorer.model, scorer.device
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+        encoded = [e.input_ids for e in scorer.encoder.encode_batch(items)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+        batches = []
+        for start in range(0, len(order), args.batch_size):
+            chunk = [encoded[i] for i in order[start:start + args.batch_size]]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), scorer.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, seq in enumerate(chunk):
+                ids[r, :len(seq)] = torch.tensor(seq)
+                mask[r, :len(seq)] = 1
+            batches.append((ids.to(device), mask.to(device)))
+
+        def raw():
+            with torch.inference_mode():
+                for ids, mask in batches:
+                    model(input_ids=ids, attention_mask=mask).logits.float().cpu()
+            sync()
+
+        def scored():
+            scorer.score(items)
+            sync()
+
+        tok = scorer.tokenizer
+
+        def loop():
+            with torch.inference_mode():
+                for p, r in items:
+                    enc = tok(p + "\n" + r, return_tensors="pt").to(device)
+                    model(**enc).logits[0, 0].item()
+            sync()
+
+        for fn in (raw, scored, loop):  # warm-up: allocator, kernels, tokenizer caches
+            fn()
+        t_raw, t_scorer = best_of(args.repeats, raw), best_of(args.repeats, scored)
+        t_loop = best_of(max(args.repeats - 1, 1), loop)
+
+    tokens = sum(map(len, encoded))
+    n = len(items)
+    print(f"hf scorer benchmark: {n} items, {tokens} tokens (mean {tokens / n:.0f}), batch size {args.batch_size}, "
+          f"Llama {args.layers} layers x {args.hidden} hidden, device {device}, dtype {args.dtype}, "
+          f"torch threads {torch.get_num_threads()}")
+    for name, t in (("raw batched forward", t_raw), ("hf scorer", t_scorer), ("one-at-a-time loop", t_loop)):
+        print(f"  {name:<22} {n / t:9.1f} items/s  {tokens / t:10.0f} tokens/s  ({t:.3f} s)")
+    ratio_raw, ratio_loop = t_raw / t_scorer, t_loop / t_scorer
+    print(f"  scorer / raw  = {ratio_raw:.1%}  (target >= 90%: {'PASS' if ratio_raw >= 0.9 else 'FAIL'})")
+    print(f"  scorer / loop = {ratio_loop:.2f}x  (target >= 3x: {'PASS' if ratio_loop >= 3 else 'FAIL'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Speed of step partitioning + the reasoning DAG on the shared MATH-500 candidates (issue 2 targets).
+
+    python benchmarks/bench_pipeline.py [--shared ../shared/data] [--limit N] [--embedding-traces 8]
+
+1. Partition + heuristic DAG, streamed over all 4,500 candidates of
+   skythought-math500/candidates.jsonl (some over 100k characters): median / p90 / p99 / max ms per trace,
+   traces per second, and resident memory after the first 10% and at the end (flat = streaming works).
+   Targets: median < 20 ms, max < 1 s.
+2. The step-count distribution per model (docs/steps-and-dag.md quotes it; the aim is ~10-40 steps on a
+   typical long trace).
+3. The embedding structurer on 30k-character traces (model load excluded and reported apart): the real
+   candidates longer than 25k characters cut to 30k, and 30k characters of the long "Wait, ..." reasoner
+   (Sky-T1 27B traces joined), which has the densest steps. Target: < 1 s per trace on 2 cores.
+
+Wall-clock numbers depend on what else runs; the script prints the load average next to them, and CPU
+time for the embedding part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from thinkrm.dag import build_dag  # noqa: E402
+from thinkrm.steps import split_steps  # noqa: E402
+from thinkrm.trace import split_response  # noqa: E402
+
+LONG_REASONER = "Sky-T1-math-correct-5K-27B"
+
+
+def rss_mib() -> float:
+    """Current resident set size (Linux), to show memory staying flat while streaming."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_heuristic(path: Path, limit: int | None) -> dict:
+    split_ms: list[float] = []
+    total_ms: list[float] = []
+    chars: list[int] = []
+    steps_by_model: dict[str, list[int]] = defaultdict(list)
+    rss_early = None
+    n_total = limit or sum(1 for _ in open(path, "rb"))
+    t_start = time.perf_counter()
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if limit is not None and i >= limit:
+                break
+            rec = json.loads(line)
+            reasoning = split_response(rec["response"])[0]
+            t0 = time.perf_counter()
+            steps = split_steps(reasoning)
+            t1 = time.perf_counter()
+            build_dag(steps, "heuristic", text=reasoning)
+            t2 = time.perf_counter()
+            split_ms.append((t1 - t0) * 1e3)
+            total_ms.append((t2 - t0) * 1e3)
+            chars.append(len(reasoning))
+            steps_by_model[rec["model"]].append(len(steps))
+            if i + 1 == max(1, n_total // 10):
+                rss_early = rss_mib()
+    elapsed = time.perf_counter() - t_start
+    worst = max(range(len(total_ms)), key=total_ms.__getitem__)
+    return {
+        "traces": len(total_ms), "elapsed_s": elapsed, "traces_per_s": len(total_ms) / elapsed,
+        "median_ms": statistics.median(total_ms), "p90_ms": pct(total_ms, 0.9), "p99_ms": pct(total_ms, 0.99),
+        "max_ms": total_ms[worst], "max_trace_chars": chars[worst], "max_chars": max(chars),
+        "split_median_ms": statistics.median(split_ms), "split_max_ms": max(split_ms),
+        "rss_after_10pct_mib": rss_early, "rss_end_mib": rss_mib(), "peak_rss_mib": peak_rss_mib(),
+        "steps_by_model": {m: {"n": len(v), "p10": pct(v, 0.1), "median": statistics.median(v),
+                               "p90": pct(v, 0.9), "max": max(v)} for m, v in sorted(steps_by_model.items())},
+    }
+
+
+def long_traces(path: Path, n: int) -> list[tuple[str, str]]:
+    """(label, 30k-character trace) pairs: real long candidates cut to 30k, then joined long-reasoner text."""
+    real, dense = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            reasoning = split_response(rec["response"])[0]
+            if len(reasoning) > 25_000 and len(real) < n:
+                real.append(("real>25k", reasoning[:30_000]))
+            if rec["model"] == LONG_REASONER:
+                dense.append(reasoning)
+    joined, buf = [], ""
+    for text in dense:
+        buf = f"{buf}\n\n{text}" if buf else text
+        if len(buf) >= 30_000:
+            joined.append(("dense", buf[:30_000]))
+            buf = ""
+        if len(joined) == n:
+            break
+    return real + joined
+
+
+def bench_embedding(path: Path, n: int) -> dict:
+    from thinkrm.embed import get_encoder
+
+    t0 = time.perf_counter()
+    get_encoder().encode(["warm up"])
+    load_s = time.perf_counter() - t0
+    out: dict[str, dict] = {}
+    for label, text in long_traces(path, n):
+        w0, c0 = time.perf_counter(), time.process_time()
+        dag = build_dag(text, "embedding")
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        d = out.setdefault(label, {"wall_s": [], "cpu_s": [], "steps": []})
+        d["wall_s"].append(wall)
+        d["cpu_s"].append(cpu)
+        d["steps"].append(len(dag.steps))
+    summary = {label: {"traces": len(d["wall_s"]), "median_wall_s": statistics.median(d["wall_s"]),
+                       "max_wall_s": max(d["wall_s"]), "median_cpu_s": statistics.median(d["cpu_s"]),
+                       "median_steps": statistics.median(d["steps"])} for label, d in out.items()}
+    return {"model_load_s": load_s, **summary}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N candidates")
+    ap.add_argument("--embedding-traces", type=int, default=8, help="30k traces per kind (0: skip)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    path = args.shared / "skythought-math500" / "candidates.jsonl"
+    if not path.exists():
+        sys.exit(f"error: {path} not found (pass --shared)")
+    load_before = os.getloadavg()[0]
+    res = {"heuristic": bench_heuristic(path, args.limit)}
+    h = res["heuristic"]
+    print(f"partition + heuristic DAG over {h['traces']} traces (longest {h['max_chars']:,} chars), "
+          f"load average {load_before:.1f} on {os.cpu_count()} CPUs")
+    print(f"  per trace: median {h['median_ms']:.2f} ms  p90 {h['p90_ms']:.2f}  p99 {h['p99_ms']:.1f}  "
+          f"max {h['max_ms']:.0f} ms ({h['max_trace_chars']:,} chars)   [targets: median < 20, max < 1000]")
+    print(f"  partition alone: median {h['split_median_ms']:.2f} ms, max {h['split_max_ms']:.1f} ms")
+    print(f"  throughput {h['traces_per_s']:.0f} traces/s ({h['elapsed_s']:.1f} s incl. JSON parsing)")
+    print(f"  memory: RSS {h['rss_after_10pct_mib']:.0f} MiB after 10% of traces, {h['rss_end_mib']:.0f} MiB at "
+          f"the end, peak {h['peak_rss_mib']:.0f} MiB")
+    print("  steps per trace by model (p10 / median / p90 / max):")
+    for model, s in h["steps_by_model"].items():
+        print(f"    {model:55s} {s['p10']:>4} / {s['median']:>5} / {s['p90']:>4} / {s['max']:>4}")
+    if args.embedding_traces:
+        res["embedding"] = e = bench_embedding(path, args.embedding_traces)
+        print(f"embedding structurer on 30k-char traces (model load {e['model_load_s']:.1f} s, excluded), "
+              f"load average {os.getloadavg()[0]:.1f}   [target: < 1 s]")
+        for label in ("real>25k", "dense"):
+            if label in e:
+                s = e[label]
+                print(f"  {label:9s} {s['traces']} traces, ~{s['median_steps']:.0f} steps: median {s['median_wall_s']:.2f} "
+                      f"s wall ({s['median_cpu_s']:.2f} s CPU), max {s['max_wall_s']:.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

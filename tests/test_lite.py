@@ -1,0 +1,141 @@
+"""TRM-lite: the shipped model loads offline, scores deterministically and sensibly, and trains reproducibly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thinkrm.formatting import Item
+from thinkrm.io import InputError
+from thinkrm.lite import DEFAULT_DIR, LiteConfig, LiteModel, LiteScorer, pairwise_report, segments, select, train_lite
+from thinkrm.scoring import load_scorer
+from thinkrm.trace import load_traces
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "traces.jsonl"
+
+
+@pytest.fixture(scope="module")
+def scorer() -> LiteScorer:
+    return load_scorer("lite")
+
+
+def test_select_keeps_ends_and_spreads_evenly():
+    assert select(3, 16) == [0, 1, 2]
+    picked = select(100, 16)
+    assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 99 and picked == sorted(set(picked))
+    assert max(np.diff(picked)) <= 2 * 99 / 15 + 1
+    # Fewer segments read a subset of the same segments, so a checkpoint can run faster on what it saw.
+    for n in (17, 50, 1000):
+        assert set(select(n, 8)) <= set(select(n, 16))
+
+
+def test_segments_are_the_paragraphs_or_lines():
+    assert segments("First we add.\n\nWait, check it.\n\n\nSo 4.") == ["First we add.", "Wait, check it.", "So 4."]
+    lines = segments("3x + 7 = 22 so we subtract seven from both\n3x = 15 and then divide by three\nx = 5 done")
+    assert len(lines) == 3
+    assert segments("   ") == []
+
+
+def test_shipped_model_is_small_and_loads_offline(scorer):
+    size = sum(f.stat().st_size for f in DEFAULT_DIR.iterdir())
+    assert size < 10 * 2**20
+    assert (DEFAULT_DIR / "MODEL_CARD.md").is_file()
+    assert scorer.spec == "lite" and isinstance(scorer, LiteScorer)
+
+
+def test_scores_are_deterministic_and_batch_independent(scorer):
+    traces = list(load_traces(EXAMPLES))
+    items = [Item(t.prompt, t.reasoning) for t in traces]
+    a = scorer.score(items)
+    b = scorer.score(items)
+    assert a == b
+    alone = [scorer.score([it])[0] for it in items[:3]]
+    assert np.allclose(alone, a[:3], atol=1e-4)
+    assert len(set(np.round(a, 6))) > 1, "different traces must not all score the same"
+    assert scorer.score([]) == []
+
+
+def test_shipped_model_prefers_the_clean_trace_on_the_examples(scorer):
+    traces = list(load_traces(EXAMPLES))
+    scores = dict(zip((t.id for t in traces), scorer.score([Item(t.prompt, t.reasoning) for t in traces])))
+    pairs = 0
+    for clean in (t for t in traces if t.extra["quality"] == "clean"):
+        for flawed in (t for t in traces if t.extra["quality"] == "flawed" and t.prompt == clean.prompt):
+            assert scores[clean.id] > scores[flawed.id], (clean.id, flawed.id)
+            pairs += 1
+    assert pairs >= 5
+
+
+def test_empty_reasoning_scores_finite(scorer):
+    s = scorer.score([("What is 2 + 2?", ""), ("What is 2 + 2?", "2 + 2 = 4.")])
+    assert all(np.isfinite(s))
+
+
+def test_speed_sanity(scorer):
+    step = "Then we multiply the two factors, 12 * 7 = 84, and add the remainder 5 to get 89 in total.\n\n"
+    trace = step * (5000 // len(step))
+    scorer.score([("Warm-up?", "1 + 1 = 2.")])
+    t = time.perf_counter()
+    scorer.score([("Compute it.", trace)] * 4)
+    assert time.perf_counter() - t < 8.0  # target is 10 traces/s; this only catches a gross regression
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="config.json"):
+        load_scorer(f"lite:{tmp_path}")
+    (tmp_path / "config.json").write_text("{broken")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="not a TRM-lite config"):
+        LiteModel.load(tmp_path)
+
+
+def test_pairwise_report_counts_ties_half_and_length_baseline():
+    from thinkrm.lite import Pair
+
+    pairs = [Pair("p", "short", "much longer text", "a", "1", "x"), Pair("p", "longer one", "tiny", "b", "2", "x"),
+             Pair("p", "same", "same", "b", "3", "x")]
+    rep = pairwise_report(pairs, np.array([1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0]))
+    assert rep["accuracy"] == pytest.approx(1.5 / 3)
+    assert rep["length_baseline"] == pytest.approx(1.5 / 3)
+    assert rep["per_kind"]["a"]["accuracy"] == 1.0
+    assert rep["length_matched"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_train_lite_on_user_pairs_is_reproducible(tmp_path):
+    clean = "We add the numbers: 2 + 3 = 5.\n\nSo the total is 5."
+    flawed = ("We add the numbers: 2 + 3 = 6.\n\nWait, that's wrong. Let me restart.\n\nWe add the numbers: "
+              "2 + 3 = 5.\n\nHmm, okay, so basically the total is 5.\n\nSo the total is 5.")
+    rows = [{"prompt": f"Problem {i}: add 2 and 3.", "chosen": clean, "rejected": flawed, "problem_id": str(i)}
+            for i in range(20)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = dict(config=LiteConfig(max_segments=8, hidden=8), cache_dir=tmp_path / "cache", epochs=5,
+               show_progress=False)
+    res = train_lite(str(pairs), tmp_path / "m1", None, 0, **cfg)
+    train_lite(str(pairs), tmp_path / "m2", None, 0, **cfg)
+    assert (tmp_path / "m1" / "model.safetensors").read_bytes() == (tmp_path / "m2" / "model.safetensors").read_bytes()
+    assert res["pairs"]["n"] == 2 and res["pairs"]["accuracy"] == 1.0
+    s = load_scorer(f"lite:{tmp_path / 'm1'}")
+    hi, lo = s.score([("Problem 99: add 2 and 3.", clean), ("Problem 99: add 2 and 3.", flawed)])
+    assert hi > lo
+    card = (tmp_path / "m1" / "MODEL_CARD.md").read_text()
+    assert "pairs.jsonl" in card and "sha256" in card
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_shipped_model_beats_length_on_held_out_prmbench(shared_data, scorer):
+    split = json.loads((DEFAULT_DIR / "split.json").read_text())
+    held = set(split["prmbench_test_ids"][:12])
+    recs = [json.loads(line) for line in open(shared_data / "prmbench-train" / "pairs.jsonl")]
+    recs = [r for r in recs if r["id"] in held]
+    s = scorer.score([(r["prompt"], r[side]) for r in recs for side in ("chosen", "rejected")])
+    acc = np.mean([c > r for c, r in zip(s[::2], s[1::2])])
+    shorter = np.mean([len(r["chosen"]) < len(r["rejected"]) for r in recs])
+    assert acc >= 0.8 and acc > shorter

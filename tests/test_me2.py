@@ -1,0 +1,236 @@
+"""ME² signals: each one checked on text or a hand-built DAG where the right value is known by construction."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from thinkrm.dag import DAG, StepNode, SuperNode
+from thinkrm.me2 import DIMENSIONS, SIGNALS, Analysis, _evaluate, analyze, signal_table
+from thinkrm.steps import Step
+from thinkrm.trace import Trace, load_traces
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "traces.jsonl"
+
+
+def hand_dag(parts: list[str], actions: list[tuple[str, list[int]]], groups: list[tuple[list[int], list[int]]],
+             answer_path: list[int]) -> DAG:
+    """A DAG built by hand: steps are `parts` joined by blank lines; `groups` are (members, parent super-nodes)."""
+    text = "\n\n".join(parts)
+    steps, pos = [], 0
+    for i, p in enumerate(parts):
+        end = pos + len(p) + (2 if i < len(parts) - 1 else 0)
+        steps.append(Step(i, pos, end, p))
+        pos = end
+    nodes = [StepNode(i, parents, action) for i, (action, parents) in enumerate(actions)]
+    supers = [SuperNode(sid, members, parents, [], [], 0, nodes[members[0]].action)
+              for sid, (members, parents) in enumerate(groups)]
+    for s in supers:
+        for p in s.parents:
+            supers[p].children.append(s.id)
+        s.depth = max((supers[p].depth + 1 for p in s.parents), default=0)
+        s.roles = [r for r, on in (("root", not s.parents), ("branch", len(s.children) > 1),
+                                   ("merge", len(s.parents) > 1), ("leaf", not s.children)) if on]
+    return DAG(text, steps, nodes, supers, answer_path[-1], answer_path)
+
+
+# Three attempts from the set-up: a dead end, a second try from the same fork (reopened), and the answer.
+PARTS = [
+    "We need the area of a rectangle with sides 3 and 4.",
+    "Try the perimeter formula: 2 * (3 + 4) = 14. That is a perimeter, not an area.",
+    "Alternatively, the area is length times width, so 3 * 4 = 12.",
+    "Let me verify: 4 * 3 = 12, the same.",
+    "Alternatively, count unit squares: 3 rows of 4 squares is 12 squares.",
+    "Therefore the area is 12.",
+]
+ACTIONS = [("continue", []), ("continue", [0]), ("backtrack", [0]), ("continue", [2]), ("backtrack", [0]),
+           ("merge", [3, 4])]
+GROUPS = [([0], []), ([1], [0]), ([2, 3], [0]), ([4], [0]), ([5], [2, 3])]
+
+
+def test_macro_efficiency_counts_match_the_constructed_dag():
+    dag = hand_dag(PARTS, ACTIONS, GROUPS, [0, 2, 4])
+    a = analyze("", dag=dag, prompt="What is the area of a 3 by 4 rectangle?")
+    me = a.signals["macro_efficiency"]
+    assert me["backtracks"] == 2
+    assert me["restarts"] == 2  # both backtracks return to the set-up step 0
+    assert me["reopened_branches"] == 1  # the second return to step 0
+    assert me["dead_ends"] == 1  # super-node 1 (the perimeter detour)
+    # Only step 1 never feeds the answer: step 4 is merged into it, so it counts as on the path.
+    assert me["off_path_share"] == pytest.approx(1 / 6, abs=1e-3)
+    assert a.size == {"steps": 6, "supernodes": 5, "words": sum(len(p.split()) for p in PARTS), "chars": len(dag.text),
+                      "depth": 2}
+    dead = [f for f in a.findings if f.kind == "dead_ends"]
+    assert [(f.step, dag.text[f.start:f.end].strip()) for f in dead] == [(1, PARTS[1])]
+
+
+def test_macro_effectiveness_coherence_and_drift():
+    dag = hand_dag(PARTS, ACTIONS, GROUPS, [0, 2, 4])
+    a = analyze("", dag=dag, prompt="What is the area of a 3 by 4 rectangle?")
+    mf = a.signals["macro_effectiveness"]
+    # answer path 0 -> 2 -> 4: {area,rectangle,sides,3,4,need} vs {alternatively... area,3,4,12,...} overlap
+    assert 0 < mf["path_coherence"] <= 1
+    # Steps 3 ("verify 4 * 3 = 12") and 4 ("3 rows of 4 squares") still share numbers with the prompt;
+    # only a step with nothing in common with it counts as drift.
+    assert mf["question_drift"] == 0.0
+    off = analyze("", dag=hand_dag(["The area of a 3 by 4 rectangle.", "Unrelated musings on poetry and rhyme."],
+                                   [("continue", []), ("continue", [0])], [([0, 1], [])], [0]),
+                  prompt="Area of a 3 by 4 rectangle?")
+    assert off.signals["macro_effectiveness"]["question_drift"] == 0.5
+    assert off.signals["macro_effectiveness"]["path_coherence"] is None  # a one-node path has no pairs
+    assert analyze("x = 1").signals["macro_effectiveness"]["question_drift"] is None  # no prompt given
+
+
+def test_answer_path_coherence_distinguishes_related_from_unrelated_nodes():
+    def coherence(second: str) -> float:
+        dag = hand_dag(["Compute the area of the square with side 5 meters.", second],
+                       [("continue", []), ("backtrack", [0])], [([0], []), ([1], [0])], [0, 1])
+        return analyze("", dag=dag).signals["macro_effectiveness"]["path_coherence"]
+
+    assert coherence("The square area with side 5 is 25 square meters.") > 0.5
+    assert coherence("Bananas ripen faster near apples.") == 0.0
+
+
+@pytest.mark.parametrize("claim, holds", [
+    ("3 + 4 = 7", True), ("3 + 4 = 8", False), ("12 * 12 = 144", True), ("7 * 8 = 54", False),
+    ("2^10 = 1024", True), ("1/3 = 0.33", True), ("1/3 = 0.4", False), ("10 - 2 + 3 = 11", True),
+    ("(2 + 3) * 4 = 20", True), ("1,000 + 24 = 1,024", True), ("3 \\times 5 = 15", True),
+    ("12 \\div 4 = 3", True), ("7 / 2 = 3", False), ("2 * 3 = 6 = 3 + 3", True), ("−4 + 6 = 2", True),
+])
+def test_arithmetic_claims_are_evaluated(claim, holds):
+    s = analyze(f"We get {claim} here.").signals["micro_effectiveness"]
+    assert (s["arithmetic_checked"], s["arithmetic_wrong"]) == (claim.count("="), 0 if holds else 1)
+
+
+@pytest.mark.parametrize("text", [
+    "x - 2 + 3 = 1",  # part of an equation with a variable
+    "2x + 3 = 7",
+    "2 + 2 = 4x",
+    "f(2) + 3 = 9",
+    "the value 7 = 7",  # no operator: not a claim
+    "a_1 + 2 = 5",
+    "\\frac{1}{2} + 1 = 3",
+])
+def test_numbers_inside_larger_expressions_are_not_checked(text):
+    assert analyze(text).signals["micro_effectiveness"]["arithmetic_checked"] == 0
+
+
+def test_evaluation_is_safe_and_bounded():
+    assert _evaluate("9 ^ 9 ^ 9") is None  # would take forever as an exact integer
+    assert _evaluate("1 / 0") is None
+    assert _evaluate("__import__('os')") is None
+    assert _evaluate("2 ^ 3 ^ 2") == 512.0  # right-associative, as in mathematics
+
+
+def test_micro_effectiveness_corrections_and_conflicts():
+    text = ("Let x = 3. Then y = 10.\n\nWait, no, that's wrong: x = 5 actually. I made a mistake earlier.\n\n"
+            "So y = 10 still, and 5 + 5 = 10.")
+    a = analyze(text)
+    s = a.signals["micro_effectiveness"]
+    assert s["self_corrections"] == 2  # "Wait, no, that's wrong" counts once; "I made a mistake" once
+    assert s["conflicting_values"] == 1  # x took 3 then 5; y stayed 10
+    conflict = [f for f in a.findings if f.kind == "conflicting_values"]
+    assert len(conflict) == 1 and text[conflict[0].start:conflict[0].end] == "x = 5"
+    assert analyze("Let x = 3 + y and then x = 3.").signals["micro_effectiveness"]["conflicting_values"] == 0
+
+
+def test_micro_efficiency_filler_duplicates_paraphrases_and_rechecks():
+    para = [
+        "So the divisors of 36 are 1, 2, 3, 4, 6, 9, 12, 18 and 36 in total.",
+        "Let me check with product pairs: 1 times 36 and 2 times 18 both give 36.",
+        "So the divisors of 36 are 1, 2, 3, 4, 6, 9, 12, 18 and 36 in total.",  # verbatim repeat of 0
+        "Listing them again, 36 has divisors 36, 18, 12, 9, 6, 4, 3, 2, 1 altogether.",  # reworded repeat
+        "Let me verify the count once more by counting the list.",
+        "Let me double-check by pairing again.",
+    ]
+    dag = hand_dag(para, [("continue", [])] + [("continue", [i]) for i in range(5)], [(list(range(6)), [])], [0])
+    s = analyze("", dag=dag).signals["micro_efficiency"]
+    assert s["near_duplicate_steps"] == 1
+    assert s["paraphrase_loops"] == 1
+    assert s["reverifications"] == 2  # three verification steps: the first is fine, two more are re-checks
+    assert s["words_per_step"] == pytest.approx(sum(len(p.split()) for p in para) / 6, abs=0.05)
+    filler = analyze("Hmm, okay so, basically, let me think. The answer is 4.").signals["micro_efficiency"]
+    assert filler["filler_per_1k"] == pytest.approx(1000 * 4 / 11, abs=0.01)
+
+
+def test_empty_and_whitespace_traces_give_zero_signals():
+    for text in ("", "   \n\n  "):
+        a = analyze(text)
+        assert a.size["steps"] == 0 and a.dag.answer_path == []
+        assert a.flat()["backtracks"] == 0 and a.flat()["off_path_share"] == 0.0 and a.findings == []
+
+
+def test_analysis_serialises_every_registered_signal_once():
+    a = analyze(Trace(id="t", prompt="What is 2 + 2?", reasoning="2 + 2 = 4.\n\nSo the answer is 4."))
+    assert isinstance(a, Analysis) and a.id == "t"
+    d = a.to_dict()
+    assert set(d) == {"size", "findings", *DIMENSIONS}
+    names = [k for dim in DIMENSIONS for k in d[dim]]
+    assert sorted(names) == sorted(SIGNALS) and len(names) == len(set(names))
+    for dim in DIMENSIONS:
+        assert all(SIGNALS[k].dimension == dim for k in d[dim])
+    assert {r["name"] for r in signal_table()} == set(SIGNALS)
+    with pytest.raises(TypeError):
+        analyze(42)
+
+
+def test_examples_clean_traces_beat_flawed_ones_on_the_signals():
+    """Each flawed example shows its flaw in some signal where the clean trace of its problem is spotless."""
+    traces = list(load_traces(EXAMPLES))
+    by_problem: dict[str, dict[str, list]] = {}
+    for t in traces:
+        by_problem.setdefault(t.prompt, {"clean": [], "flawed": []})[t.extra["quality"]].append(analyze(t))
+    assert len(by_problem) >= 3 and len(traces) >= 10
+    flaw_signals = [k for k, s in SIGNALS.items() if s.better == "lower" and k != "words_per_step"]
+    for groups in by_problem.values():
+        assert groups["clean"] and groups["flawed"]
+        for clean in groups["clean"]:
+            assert clean.flat()["arithmetic_wrong"] == 0 and clean.flat()["backtracks"] == 0
+            for bad in groups["flawed"]:
+                worse = [k for k in flaw_signals if (bad.flat()[k] or 0) > (clean.flat()[k] or 0)]
+                assert worse, f"flawed trace {bad.id} is no worse than {clean.id} on any signal"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(list("ab 12+-*/=().,\n xyz") + ["\n\n", " = ", "Alternatively, ", "Wait, no, ",
+                                                                "x = 3", "2 + 2 = 5"]),
+                max_size=120).map("".join))
+def test_any_text_gives_bounded_signals_and_valid_findings(text):
+    a = analyze(text, prompt="a b")
+    flat = a.flat()
+    assert 0.0 <= flat["off_path_share"] <= 1.0
+    assert flat["question_drift"] is None or 0.0 <= flat["question_drift"] <= 1.0
+    assert flat["path_coherence"] is None or 0.0 <= flat["path_coherence"] <= 1.0
+    assert 0 <= flat["arithmetic_wrong"] <= flat["arithmetic_checked"]
+    for f in a.findings:
+        assert 0 <= f.start <= f.end <= len(text) and 0 <= f.step < max(1, a.size["steps"])
+
+
+def test_a_100k_character_trace_is_analysed_well_under_a_second():
+    para = ("Wait, let me check the sum again: 17 + 25 = 42 and 42 * 3 = 126, so x = 126.\n\n"
+            "Alternatively, compute 126 / 3 = 42 first, then hmm, subtract 25 to get 17.\n\n"
+            "So the total is 126 after all, which matches the earlier value of the expression.\n\n")
+    text = (para * (100_000 // len(para) + 1))[:100_000]
+    t0 = time.process_time()
+    a = analyze(text, prompt="Compute 17 + 25, then triple it.")
+    elapsed = time.process_time() - t0
+    assert a.size["chars"] == 100_000 and a.flat()["arithmetic_checked"] > 1000
+    assert elapsed < 1.0, f"analyze took {elapsed:.2f} s of CPU on 100k characters"
+
+
+@pytest.mark.shared_data
+def test_long_real_traces_are_fast(shared_data):
+    """Partition + DAG + ME² on real long traces: median well under 20 ms (issue 2's target)."""
+    times = []
+    for i, t in enumerate(load_traces(shared_data / "skythought-math500" / "candidates.jsonl")):
+        if i >= 200:
+            break
+        t0 = time.process_time()
+        analyze(t)
+        times.append(time.process_time() - t0)
+    assert statistics.median(times) < 0.020 and max(times) < 1.0
