@@ -30,8 +30,10 @@ test-fast: venv
 bench: venv
 	$(BIN)/python benchmarks/run_all.py --shared $(SHARED)
 
+# Weights, split.json and MODEL_CARD.md from the shared data (seed 0), then the speed section of the card.
 lite-model: venv
-	$(BIN)/thinkrm train --arch lite --shared $(SHARED) -o src/thinkrm/data/lite
+	$(BIN)/thinkrm train --arch lite --shared $(SHARED) -o src/thinkrm/data/lite --seed 0
+	$(BIN)/python benchmarks/bench_lite.py --shared $(SHARED) --skip-quality --write-card
 
 # Debian's Chromium for the HTML report test (the test skips without it; CI installs it).
 browser:

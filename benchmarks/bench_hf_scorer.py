@@ -11,7 +11,8 @@ built in a temporary directory, then the same items are scored three ways:
 
 Targets (issue 3): scorer >= 90% of raw, scorer >= 3x loop.
 
-    python benchmarks/bench_hf_scorer.py [--items 256] [--batch-size 16] [--layers 4] [--hidden 256] [--device auto]
+    python benchmarks/bench_hf_scorer.py [--items 128] [--batch-size 16] [--max-sentences 12]
+        [--layers 4] [--hidden 256] [--device auto] [--threads 1]
 """
 
 from __future__ import annotations
@@ -46,40 +47,49 @@ def build_model(path: Path, layers: int, hidden: int) -> Path:
     return path
 
 
-def make_items(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Traces of mixed length (about 40 to 900 tokens with this tokenizer), like a real candidate pool."""
+def make_items(n: int, max_sentences: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Traces of mixed length (1 to `max_sentences` sentences of ~20 tokens each), like a candidate pool."""
     rng = random.Random(seed)
-    return [(rng.choice(CORPUS), "\n\n".join(rng.choice(CORPUS) for _ in range(rng.randint(1, 24))))
-            for _ in range(n)]
+    items = []
+    for _ in range(n):
+        prompt = rng.choice(CORPUS)
+        items.append((prompt, "\n\n".join(rng.choice(CORPUS) for _ in range(rng.randint(1, max_sentences)))))
+    return items
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
+def best_times(repeats: int, fns: dict) -> dict[str, float]:
+    """Best wall time of each function; runs interleave so load changes on a shared machine hit all alike."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=256)
+    ap.add_argument("--items", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-sentences", type=int, default=12, help="longest trace, in corpus sentences")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps shared machines fair)")
     args = ap.parse_args()
 
     import torch
+
+    torch.set_num_threads(args.threads)
 
     from thinkrm.scoring import load_scorer
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(Path(tmp) / "rm", args.layers, args.hidden)
-        items = make_items(args.items)
+        items = make_items(args.items, args.max_sentences)
         scorer = load_scorer(f"hf:{path}", batch_size=args.batch_size, device=args.device, dtype=args.dtype)
         model, device = scorer.model, scorer.device
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -118,12 +128,13 @@ def main() -> None:
 
         for fn in (raw, scored, loop):  # warm-up: allocator, kernels, tokenizer caches
             fn()
-        t_raw, t_scorer = best_of(args.repeats, raw), best_of(args.repeats, scored)
-        t_loop = best_of(max(args.repeats - 1, 1), loop)
+        best = best_times(args.repeats, {"raw": raw, "scorer": scored, "loop": loop})
+        t_raw, t_scorer, t_loop = best["raw"], best["scorer"], best["loop"]
 
     tokens = sum(map(len, encoded))
     n = len(items)
-    print(f"hf scorer benchmark: {n} items, {tokens} tokens (mean {tokens / n:.0f}), batch size {args.batch_size}, "
+    print(f"hf scorer benchmark: {n} items, {tokens} tokens (mean {tokens / n:.0f}), "
+          f"batch size {args.batch_size}, "
           f"Llama {args.layers} layers x {args.hidden} hidden, device {device}, dtype {args.dtype}, "
           f"torch threads {torch.get_num_threads()}")
     for name, t in (("raw batched forward", t_raw), ("hf scorer", t_scorer), ("one-at-a-time loop", t_loop)):

@@ -88,7 +88,7 @@ def quality(model_dir: Path, shared: Path) -> dict[str, dict]:
     test = [p for p in load_pairs(shared / PRM_PAIRS, skip_bad=True) if p.id in held]
     pools = {}
     for name, rel in POOLS.items():
-        keep = set(split[f"{name}_test_problem_ids"])
+        keep = set(split[f"{name}_bon_problem_ids"])
         pools[name] = [c for c in load_candidates(shared / rel) if c.problem_id in keep]
     # The on-disk cache only skips recomputation; cached and fresh features are identical.
     return evaluate(model, Embedder(default_cache_dir()), Dataset([], test, pools, split, {}))

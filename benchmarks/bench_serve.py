@@ -4,16 +4,27 @@
 loopback to a real `thinkrm serve` subprocess, through the SGLang protocol (`/v1/embeddings`). The scorer
 is a real transformers reward model (by default the tiny Llama the tests build; `--scorer` takes any spec,
 e.g. `lite` or `hf:DIR` of a trained TRM), so each scorer call pays a real forward pass. Targets: zero
-errors in both runs, throughput with batching >= 3x without it.
+errors in every run, throughput with batching >= 3x without it.
 
-    .venv/bin/python benchmarks/bench_serve.py                 # ~1-2 min on 2 CPU cores
-    .venv/bin/python benchmarks/bench_serve.py --requests 2000 --clients 200 --scorer hf:out/trm
+What batching can win depends on the scorer's cost shape. A GPU-served TRM costs about the same per call
+whatever the batch size (until the GPU saturates): the regime batching exists for. On CPU the tiny model
+is in that regime for short inputs (`--steps 1-4`, the default: Python and kernel-dispatch overhead per
+call dominate), while on long inputs (`--steps 3-24`) its attention cost grows per item and batching can
+only save the per-call part. Both are worth measuring; docs/serving.md reports both.
+
+The machine is shared, so on and off runs alternate for `--rounds` rounds and the best of each is kept
+(the run least disturbed by other processes), all rounds printed.
+
+    .venv/bin/python benchmarks/bench_serve.py                  # ~2-3 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_serve.py --steps 3-24     # long traces
+    .venv/bin/python benchmarks/bench_serve.py --scorer hf:out/trm --requests 2000 --clients 200
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
@@ -34,11 +45,11 @@ STEPS = ["Let me compute 12 + 30 = 42.", "Wait, that is wrong. Actually 7 * 8 = 
          "The problem asks how many seconds are in 7.8 minutes; 60 * 7.8 = 468."]
 
 
-def traces(n: int, seed: int = 0) -> list[str]:
-    """Formatted `prompt + "\\n" + reasoning` texts of varied length (3 to 24 steps), reproducible."""
+def traces(n: int, seed: int = 0, steps: tuple[int, int] = (1, 4)) -> list[str]:
+    """Formatted `prompt + "\\n" + reasoning` texts with a random number of steps in `steps`, reproducible."""
     rng = random.Random(seed)
-    return [f"Problem {i}: what is the answer?\n" + "\n\n".join(rng.choice(STEPS) for _ in range(rng.randint(3, 24)))
-            for i in range(n)]
+    return [f"Problem {i}: what is the answer?\n"
+            + "\n\n".join(rng.choice(STEPS) for _ in range(rng.randint(*steps))) for i in range(n)]
 
 
 def free_port() -> int:
@@ -49,7 +60,7 @@ def free_port() -> int:
 
 def start_server(scorer: str, port: int, extra: list[str], threads: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(ROOT / "src"))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", scorer,
            "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -66,31 +77,53 @@ def start_server(scorer: str, port: int, extra: list[str], threads: int) -> subp
     raise RuntimeError("server did not come up within 120 s")
 
 
-async def load(url: str, texts: list[str], clients: int) -> tuple[float, list[float], list[str]]:
-    """Send every text once, `clients` at a time; returns wall seconds, per-request latencies, errors."""
+async def post_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,
+                    payload: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 keep-alive POST on an open connection.
+
+    The load generator shares two CPU cores with the server, so it speaks HTTP directly over asyncio
+    streams (like wrk does in C) instead of through httpx, whose per-request cost would be measured as
+    server slowness.
+    """
+    writer.write(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                 f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, texts: list[str], clients: int) -> tuple[float, list[float], list[str]]:
+    """Send every text once, `clients` connections at a time; returns wall seconds, latencies, errors."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for t in texts:
         queue.put_nowait(t)
     latencies: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    host = f"127.0.0.1:{port}"
 
-        async def worker() -> None:
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
             while not queue.empty():
-                text = queue.get_nowait()
+                payload = json.dumps({"model": "trm", "input": queue.get_nowait()}).encode()
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/v1/embeddings", json={"model": "trm", "input": text})
-                    if r.status_code != 200 or len(r.json()["data"]) != 1:
-                        errors.append(f"HTTP {r.status_code}: {r.text[:100]}")
-                except (httpx.HTTPError, ValueError, KeyError) as e:
+                    status, body = await post_json(reader, writer, host, "/v1/embeddings", payload)
+                    if status != 200 or len(json.loads(body)["data"]) != 1:
+                        errors.append(f"HTTP {status}: {body[:100]!r}")
+                except (OSError, asyncio.IncompleteReadError, ValueError, KeyError) as e:
                     errors.append(f"{type(e).__name__}: {e}")
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 latencies.append(time.perf_counter() - start)
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.perf_counter() - start, latencies, errors
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - start, latencies, errors
 
 
 def batch_stats(metrics: str) -> tuple[float, float]:
@@ -105,9 +138,9 @@ def run(scorer: str, mode_flags: list[str], texts: list[str], clients: int, thre
     proc = start_server(scorer, port, mode_flags, threads)
     url = f"http://127.0.0.1:{port}"
     try:
-        asyncio.run(load(url, traces(50, seed=1), clients=10))  # warm-up: first forward passes, connections
+        asyncio.run(load(port, traces(50, seed=1), clients=10))  # warm-up: first forward passes
         before = httpx.get(f"{url}/metrics").text
-        wall, lat, errors = asyncio.run(load(url, texts, clients))
+        wall, lat, errors = asyncio.run(load(port, texts, clients))
         after = httpx.get(f"{url}/metrics").text
     finally:
         proc.terminate()
@@ -128,7 +161,11 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (2 shared CPU cores here)")
+    ap.add_argument("--steps", default="1-4", help="reasoning steps per trace, MIN-MAX")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    low, _, high = args.steps.partition("-")
+    steps = (int(low), int(high or low))
 
     with tempfile.TemporaryDirectory() as tmp:
         scorer = args.scorer
@@ -137,22 +174,30 @@ def main() -> None:
             from tiny_models import make_reward_model
 
             scorer = f"hf:{make_reward_model(Path(tmp) / 'tiny-rm')}"
-        texts = traces(args.requests)
+        texts = traces(args.requests, steps=steps)
         print(f"scorer {scorer}; {args.requests} requests, {args.clients} concurrent clients, "
-              f"mean {statistics.mean(map(len, texts)):.0f} chars per trace")
-        results = {}
-        for name, flags in [("batching on", ["--max-batch-size", str(args.max_batch_size),
-                                             "--max-wait-ms", str(args.max_wait_ms)]),
-                            ("batching off", ["--max-batch-size", "1"])]:
-            r = results[name] = run(scorer, flags, texts, args.clients, args.threads)
-            print(f"{name:13s}: {r['throughput']:7.1f} req/s  p50 {r['p50'] * 1000:7.1f} ms  "
-                  f"p99 {r['p99'] * 1000:7.1f} ms  errors {len(r['errors'])}  scorer calls {r['scorer_calls']} "
-                  f"(mean batch {r['mean_batch']:.1f})  wall {r['wall']:.1f} s")
-            for e in r["errors"][:5]:
-                print("   ", e)
-        ratio = results["batching on"]["throughput"] / results["batching off"]["throughput"]
-        errors = sum(len(r["errors"]) for r in results.values())
-        print(f"throughput ratio on/off: {ratio:.2f}x (target >= 3x); errors: {errors} (target 0)")
+              f"{args.steps} steps per trace (mean {statistics.mean(map(len, texts)):.0f} chars)")
+        modes = {"batching on": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
+                 "batching off": ["--max-batch-size", "1"]}
+        best: dict[str, dict] = {}
+        errors = 0
+        for round_ in range(1, args.rounds + 1):
+            for name, flags in modes.items():
+                r = run(scorer, flags, texts, args.clients, args.threads)
+                errors += len(r["errors"])
+                print(f"round {round_} {name:13s}: {r['throughput']:7.1f} req/s  p50 {r['p50'] * 1000:7.1f} ms  "
+                      f"p99 {r['p99'] * 1000:7.1f} ms  errors {len(r['errors'])}  scorer calls "
+                      f"{r['scorer_calls']} (mean batch {r['mean_batch']:.1f})  wall {r['wall']:.1f} s", flush=True)
+                for e in r["errors"][:5]:
+                    print("   ", e)
+                if name not in best or r["throughput"] > best[name]["throughput"]:
+                    best[name] = r
+        on, off = best["batching on"], best["batching off"]
+        ratio = on["throughput"] / off["throughput"]
+        print(f"best of {args.rounds}: on {on['throughput']:.1f} req/s (p50 {on['p50'] * 1000:.0f} ms, "
+              f"p99 {on['p99'] * 1000:.0f} ms), off {off['throughput']:.1f} req/s (p50 {off['p50'] * 1000:.0f} ms, "
+              f"p99 {off['p99'] * 1000:.0f} ms)")
+        print(f"throughput ratio on/off: {ratio:.2f}x (target >= 3x); errors in all runs: {errors} (target 0)")
         if errors or ratio < 3:
             sys.exit(1)
 

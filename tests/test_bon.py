@@ -25,7 +25,7 @@ class CountingScorer(Scorer):
         return [float(r.split("quality=")[1].split()[0]) if "quality=" in r else 0.0 for _, r in items]
 
 
-def pool(problem: str, answers: list[tuple[str, bool, int]], gold: str | None = None) -> list[dict]:
+def pool(problem: str, answers: list[tuple[str, bool, float]], gold: str | None = None) -> list[dict]:
     """Candidates answering `answer` with a reasoning of quality q; `correct` given unless gold is."""
     rows = []
     for k, (answer, correct, q) in enumerate(answers):
@@ -73,12 +73,13 @@ def test_n_is_capped_at_the_pool_size_and_ci_brackets_the_mean():
 
 def test_seeded_subsets_are_reproducible_and_depend_on_the_seed():
     rng = np.random.default_rng(0)
-    problems = [_Problem(correct=rng.random(8) < 0.5, scores=rng.normal(size=8), lengths=rng.integers(10, 99, 8),
-                         classes=rng.integers(0, 3, 8)) for _ in range(40)]
+    problems = [_Problem(correct=rng.random(8) < 0.5, scores=rng.normal(size=8),
+                         lengths=rng.integers(10, 99, 8), classes=rng.integers(0, 3, 8)) for _ in range(40)]
     a = evaluate_bon(problems, ns=[2, 4], repeats=5, seed=1)
     assert evaluate_bon(problems, ns=[2, 4], repeats=5, seed=1) == a
     assert evaluate_bon(problems, ns=[2, 4], repeats=5, seed=2) != a
-    assert set(a["differences"]) == {"argmax - random", "weighted-vote - majority-vote", "argmax - majority-vote"}
+    assert set(a["differences"]) == {"argmax - random", "weighted-vote - majority-vote",
+                                     "argmax - majority-vote"}
 
 
 def test_correct_is_computed_by_the_verifier_when_missing():
@@ -121,8 +122,10 @@ def test_real_scorer_specs_run(tmp_path):
 
 @pytest.mark.parametrize("line, fragment", [
     ('{"prompt": "p", "response": "r", "correct": true}', "field 'problem_id': missing"),
-    ('{"problem_id": 1, "prompt": "p", "response": 5, "correct": true}', "field 'response': expected a string"),
-    ('{"problem_id": 1, "prompt": "p", "response": "r", "correct": "yes"}', "field 'correct': expected true/false"),
+    ('{"problem_id": 1, "prompt": "p", "response": 5, "correct": true}',
+     "field 'response': expected a string"),
+    ('{"problem_id": 1, "prompt": "p", "response": "r", "correct": "yes"}',
+     "field 'correct': expected true/false"),
     ('{"problem_id": 1, "prompt": "p", "response": "r"}', "needs 'correct' or 'gold'"),
     ('{"problem_id": 1, "prompt": "p", "response": "r", "gold": [1]}', "field 'gold'"),
     ("not json", "invalid JSON"),
@@ -161,3 +164,25 @@ def test_gsm8k_pool_reproduces_the_published_baselines(shared_data):
     assert base["shortest"] == pytest.approx(0.333, abs=0.01)
     assert base["longest"] == pytest.approx(0.392, abs=0.01)
     assert base["oracle"] == pytest.approx(0.668, abs=0.002)
+
+
+class ScaledScorer(CountingScorer):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def score(self, items):
+        return [self.factor * s for s in super().score(items)]
+
+
+def test_auto_temperature_makes_weighted_vote_scale_free():
+    rows = []
+    for i in range(12):
+        qualities = (i % 4, 3.5 - i % 4, 1.25, 2.75)  # all distinct, so argmax has no ties
+        rows += pool(f"p{i}", list(zip(["1", "2", "2", "1"], [True, False, False, True], qualities)))
+    small, big = (best_of_n(rows, ScaledScorer(f), ns=[2, 4], repeats=4, workers=1) for f in (0.01, 1000.0))
+    assert small["strategies"]["weighted-vote"] == big["strategies"]["weighted-vote"]
+    assert big["temperature"] == pytest.approx(1e5 * small["temperature"], rel=1e-3)
+    # A fixed temperature is not scale-free: at T=1 the big scores turn weighted-vote into argmax.
+    fixed = best_of_n(rows, ScaledScorer(1000.0), ns=[4], repeats=4, workers=1, temperature=1.0)
+    assert fixed["strategies"]["weighted-vote"]["4"] == fixed["strategies"]["argmax"]["4"]

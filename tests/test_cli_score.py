@@ -63,8 +63,8 @@ def test_resume_after_kill_with_torn_last_line(tmp_path):
     src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
     out = tmp_path / "scored.jsonl"
     # What a killed run leaves: two finished rows (marked so a re-score would show) and half of a third.
-    out.write_text(json.dumps({**TRACES[0], "score": 999.0}) + "\n" + json.dumps({**TRACES[1], "id": "2", "score": 998.0})
-                   + "\n" + '{"id": 3, "prompt": "Q3", "reas')
+    done = [{**TRACES[0], "score": 999.0}, {**TRACES[1], "id": "2", "score": 998.0}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in done) + '{"id": 3, "prompt": "Q3", "reas')
     scorer = Counting()
     res = run_score(src, out, scorer, resume=True, show_progress=False)
     assert (res.scored, res.resumed) == (3, 2)
@@ -144,7 +144,8 @@ def test_eval_pairs_writes_results_and_outputs_and_prints_tables(tmp_path):
     assert [x["id"] for x in rows] == ["p1", "p2", "p3"]
     assert sum(x["results"] for x in rows) == res["correct"]
     assert all(x["results"] == int(x["scores_chosen"] > x["scores_rejected"]) for x in rows)
-    for words in ("random:1", "length (baseline)", "per kind", "padding", "swap", "33.3%", "1 bad rows skipped"):
+    for words in ("random:1", "length (baseline)", "per kind", "padding", "swap", "33.3%",
+                  "1 bad rows skipped"):
         assert words in r.output
 
 
@@ -158,6 +159,7 @@ def test_eval_pairs_missing_file_is_clear_and_writes_nothing(tmp_path):
 def test_eval_pairs_failed_scorer_leaves_no_half_written_outputs(tmp_path):
     src = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "eval"
-    r = runner.invoke(app, ["eval-pairs", str(src), "--scorer", "sglang:127.0.0.1:9", "-o", str(out), "--retries", "1"])
+    r = runner.invoke(app, ["eval-pairs", str(src), "--scorer", "sglang:127.0.0.1:9", "-o", str(out),
+                            "--retries", "1"])
     assert r.exit_code == 2 and "cannot reach http://127.0.0.1:9/v1/embeddings after 2 attempts" in r.output
     assert not out.exists() or list(out.iterdir()) == []

@@ -161,7 +161,8 @@ def test_attachment_pool_is_bounded():
     # a merge may only use the leaves offered; an older leaf is rejected
     oldest_leaf = 2
     assert oldest_leaf not in [s.id for s in last.open_leaves]
-    dag2 = build_dag(numbered(n), Scripted(list(script.proposals[:-1]) + [Proposal("merge", (oldest_leaf, n - 2))]))
+    bad_merge = list(script.proposals[:-1]) + [Proposal("merge", (oldest_leaf, n - 2))]
+    dag2 = build_dag(numbered(n), Scripted(bad_merge))
     assert dag2.nodes[-1].action == "continue" and dag2.meta["invalid_proposals"] == 1
 
 

@@ -1,4 +1,4 @@
-"""Delimiter lexicons: first words, mining, load/save errors, the shipped default, `thinkrm delimiters mine`."""
+"""Delimiter lexicons: first words, mining, load/save errors, the shipped default, the `mine` command."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def synthetic_corpus(n: int = 60, seed: int = 0) -> list[str]:
                 head = rng.choice(openers) + ","
             else:
                 head = rng.choice(["The", "We", "This"])
-            paras.append(f"{head} the value of the sum we need is {rng.randint(1, 99)} and the value is the sum "
-                         "we use for this step, so we keep the number.")
+            paras.append(f"{head} the value of the sum we need is {rng.randint(1, 99)} and the value is the "
+                         "sum we use for this step, so we keep the number.")
         traces.append("\n\n".join(paras))
     traces.append("A short answer with no paragraphs: 4.")
     return traces
@@ -132,7 +132,8 @@ def test_cli_reads_a_named_field(tmp_path):
     src.write_text("".join(json.dumps({"prompt": "p", "chosen": t, "rejected": "r"}) + "\n"
                            for t in synthetic_corpus()))
     out = tmp_path / "lex.json"
-    r = runner.invoke(app, ["delimiters", "mine", str(src), "-o", str(out), "--field", "chosen", "--rows", "0"])
+    r = runner.invoke(app, ["delimiters", "mine", str(src), "-o", str(out), "--field", "chosen",
+                            "--rows", "0"])
     assert r.exit_code == 0, r.output
     assert "wait" in Lexicon.load(out)
 
@@ -146,7 +147,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert r.exit_code == 2
     assert "traces.jsonl:2: field 'reasoning': expected a string, got int" in " ".join(r.output.split())
     assert "Traceback" not in r.output and not out.exists()
-    r = runner.invoke(app, ["delimiters", "mine", str(src), "-o", str(out), "--skip-bad", "--min-segments", "4"])
+    r = runner.invoke(app, ["delimiters", "mine", str(src), "-o", str(out), "--skip-bad",
+                            "--min-segments", "4"])
     assert r.exit_code == 0, r.output
     assert "skipped" in r.output and out.exists()
     r = runner.invoke(app, ["delimiters", "mine", str(tmp_path / "missing.jsonl"), "-o", str(out)])
@@ -165,7 +167,8 @@ def test_cli_nothing_to_mine(tmp_path):
 def test_shipped_lexicon_is_reproducible(shared_data, tmp_path):
     """`thinkrm delimiters mine` on the shared data rebuilds exactly the lexicon the package ships."""
     out = tmp_path / "lex.json"
-    r = runner.invoke(app, ["delimiters", "mine", str(shared_data / "skythought-math500" / "candidates.jsonl"),
+    r = runner.invoke(app, ["delimiters", "mine",
+                            str(shared_data / "skythought-math500" / "candidates.jsonl"),
                             str(shared_data / "prmbench-train" / "pairs.jsonl"), "--field", "chosen",
                             "-o", str(out), "--rows", "0"])
     assert r.exit_code == 0, r.output

@@ -43,10 +43,12 @@ def test_accuracy_ties_kinds_length_baseline_and_bad_rows(pairs_file):
     scorer = CountGood()
     res = evaluate_pairs(pairs_file, scorer, chunk_size=3, on_pair=rows.append)
     assert scorer.calls == [6, 2]  # both sides of a chunk in one call
-    assert (res["scorer"], res["num_pairs"], res["correct"], res["ties"], res["accuracy"]) == ("count-good", 4, 2, 1, 0.5)
+    got = (res["scorer"], res["num_pairs"], res["correct"], res["ties"], res["accuracy"])
+    assert got == ("count-good", 4, 2, 1, 0.5)
     assert res["per_kind"] == {"a": {"accuracy": 0.5, "num_pairs": 2, "correct": 1, "ties": 1},
                                "b": {"accuracy": 0.0, "num_pairs": 1, "correct": 0, "ties": 0}}
-    assert res["length_matched"] == {"tolerance": 0.1, "accuracy": 0.0, "num_pairs": 1, "correct": 0, "ties": 1}
+    assert res["length_matched"] == {"tolerance": 0.1, "accuracy": 0.0, "num_pairs": 1, "correct": 0,
+                                     "ties": 1}
     base = res["baselines"]["length"]
     assert (base["accuracy"], base["ties"]) == (0.5, 1)
     assert base["per_kind"]["a"]["correct"] == 0 and base["per_kind"]["b"]["correct"] == 1
@@ -85,7 +87,9 @@ def test_length_spec_matches_its_own_baseline_and_empty_input(pairs_file, tmp_pa
 
 
 def test_length_matched_definition():
-    mk = lambda a, b: Pair(id="x", prompt="Q", chosen="c" * a, rejected="r" * b)
+    def mk(a, b):
+        return Pair(id="x", prompt="Q", chosen="c" * a, rejected="r" * b)
+
     assert length_matched(mk(100, 90)) and length_matched(mk(90, 100))
     assert not length_matched(mk(100, 89)) and not length_matched(mk(10, 100))
 

@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from thinkrm.formatting import (DEFAULT_MAX_LENGTH, PROMPT_TRUNCATION_MARKER, SIDECAR, TRUNCATION_MARKER,
-                                InputConfig, InputEncoder, format_input)
+from thinkrm.formatting import (
+    DEFAULT_MAX_LENGTH,
+    PROMPT_TRUNCATION_MARKER,
+    SIDECAR,
+    TRUNCATION_MARKER,
+    InputConfig,
+    InputEncoder,
+    format_input,
+)
 from thinkrm.io import InputError
 
 
@@ -87,3 +94,12 @@ def test_sidecar_round_trip_and_errors(tmp_path):
     with pytest.raises(InputError, match="invalid JSON"):
         InputConfig.load(tmp_path)
     assert InputConfig().max_length == DEFAULT_MAX_LENGTH == 8192
+
+
+def test_encode_batch_matches_one_by_one_for_short_and_long(tok):
+    enc = InputEncoder(tok, max_length=256)
+    items = [("Q", "2 + 3 = 5"), ("Q2", "12 + 30 = 42. " * 100), ("Q3", "")]
+    batch = enc.encode_batch(items)
+    assert batch == [enc.encode(p, r) for p, r in items]
+    assert [e.truncated for e in batch] == [False, True, False]
+    assert enc.encode_batch([]) == []

@@ -10,7 +10,7 @@ from thinkrm.scoring import load_scorer  # noqa: E402
 
 ITEMS = [
     ("What is 2 + 3?", "2 + 3 = 5."),
-    ("How many seconds are in 7.8 minutes?", "60 * 7.8 = 468. So the answer is 468. Let me verify: 468 / 60 = 7.8."),
+    ("How many seconds are in 7.8 minutes?", "60 * 7.8 = 468. So the answer is 468. Check: 468 / 60 = 7.8."),
     ("Factor x^2 - 5x + 6.", "Alternatively, x^2 - 5x + 6 = (x - 2)(x - 3)."),
     ("What is 7 * 8?", "Wait, 7 * 8 = 54. Actually 7 * 8 = 56, not 54."),
     ("Sum the digits 1 to 9.", "1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 = 45"),
@@ -39,19 +39,14 @@ def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False
     return out
 
 
-def test_scores_equal_plain_forward_and_keep_input_order(tiny_reward_model):
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_scores_equal_plain_forward_and_keep_input_order(tiny_reward_model, batch_size):
     ref = reference(tiny_reward_model, ITEMS)
     assert len(set(round(x, 6) for x in ref)) == len(ITEMS)  # distinct, so a reordering would show
-    with load_scorer(f"hf:{tiny_reward_model}", batch_size=3) as scorer:
+    with load_scorer(f"hf:{tiny_reward_model}", batch_size=batch_size) as scorer:
         got = scorer.score(ITEMS)
         assert scorer.device == "cpu" and scorer.max_length == 512  # capped by the model's positions
     assert got == pytest.approx(ref, abs=1e-5)
-
-
-def test_batch_size_does_not_change_scores(tiny_reward_model):
-    one = load_scorer(f"hf:{tiny_reward_model}", batch_size=1).score(ITEMS)
-    many = load_scorer(f"hf:{tiny_reward_model}", batch_size=16).score(ITEMS)
-    assert many == pytest.approx(one, abs=1e-5)
 
 
 def test_tokenizer_padding_side_does_not_matter(tiny_reward_model, tmp_path):

@@ -11,7 +11,8 @@ import pytest
 
 from thinkrm.formatting import Item
 from thinkrm.io import InputError
-from thinkrm.lite import DEFAULT_DIR, LiteConfig, LiteModel, LiteScorer, pairwise_report, segments, select, train_lite
+from thinkrm.lite import (DEFAULT_DIR, LiteConfig, LiteModel, LiteScorer, segments, select, source_weights,
+                          split_groups, train_lite)
 from thinkrm.scoring import load_scorer
 from thinkrm.trace import load_traces
 
@@ -36,7 +37,8 @@ def test_select_keeps_ends_and_spreads_evenly():
 
 def test_segments_are_the_paragraphs_or_lines():
     assert segments("First we add.\n\nWait, check it.\n\n\nSo 4.") == ["First we add.", "Wait, check it.", "So 4."]
-    lines = segments("3x + 7 = 22 so we subtract seven from both\n3x = 15 and then divide by three\nx = 5 done")
+    lines = segments("We have 3x + 7 = 22, so we subtract seven from both sides\nThat leaves 3x = 15, and then we "
+                     "divide both sides by three\nWhich gives x = 5, and that is the final value here")
     assert len(lines) == 3
     assert segments("   ") == []
 
@@ -94,16 +96,16 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
         LiteModel.load(tmp_path)
 
 
-def test_pairwise_report_counts_ties_half_and_length_baseline():
-    from thinkrm.lite import Pair
+def test_split_is_by_group_and_reproducible_and_sources_weigh_equally():
+    groups = [f"p{i % 50}" for i in range(400)]
+    held = split_groups(groups, 0.2, seed=0)
+    assert len(held) == 10 and held == split_groups(reversed(groups), 0.2, seed=0)
+    assert held != split_groups(groups, 0.2, seed=1)
+    from thinkrm.pairs import Pair
 
-    pairs = [Pair("p", "short", "much longer text", "a", "1", "x"), Pair("p", "longer one", "tiny", "b", "2", "x"),
-             Pair("p", "same", "same", "b", "3", "x")]
-    rep = pairwise_report(pairs, np.array([1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0]))
-    assert rep["accuracy"] == pytest.approx(1.5 / 3)
-    assert rep["length_baseline"] == pytest.approx(1.5 / 3)
-    assert rep["per_kind"]["a"]["accuracy"] == 1.0
-    assert rep["length_matched"]["n"] == 1
+    pairs = [Pair(str(i), "p", "a", "b", extra={"source": "big" if i < 90 else "small"}) for i in range(100)]
+    w = source_weights(pairs)
+    assert w[:90].sum() == pytest.approx(w[90:].sum())
 
 
 @pytest.mark.slow
@@ -120,7 +122,7 @@ def test_train_lite_on_user_pairs_is_reproducible(tmp_path):
     res = train_lite(str(pairs), tmp_path / "m1", None, 0, **cfg)
     train_lite(str(pairs), tmp_path / "m2", None, 0, **cfg)
     assert (tmp_path / "m1" / "model.safetensors").read_bytes() == (tmp_path / "m2" / "model.safetensors").read_bytes()
-    assert res["pairs"]["n"] == 2 and res["pairs"]["accuracy"] == 1.0
+    assert res["pairs"]["num_pairs"] == 2 and res["pairs"]["accuracy"] == 1.0
     s = load_scorer(f"lite:{tmp_path / 'm1'}")
     hi, lo = s.score([("Problem 99: add 2 and 3.", clean), ("Problem 99: add 2 and 3.", flawed)])
     assert hi > lo

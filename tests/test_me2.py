@@ -186,11 +186,12 @@ def test_examples_clean_traces_beat_flawed_ones_on_the_signals():
     for t in traces:
         by_problem.setdefault(t.prompt, {"clean": [], "flawed": []})[t.extra["quality"]].append(analyze(t))
     assert len(by_problem) >= 3 and len(traces) >= 10
-    flaw_signals = [k for k, s in SIGNALS.items() if s.better == "lower" and k != "words_per_step"]
+    flaw_signals = [k for k, s in SIGNALS.items() if s.better == "lower"]
     for groups in by_problem.values():
         assert groups["clean"] and groups["flawed"]
         for clean in groups["clean"]:
-            assert clean.flat()["arithmetic_wrong"] == 0 and clean.flat()["backtracks"] == 0
+            # Text-level signals only: DAG-level ones depend on the structurer's heuristics.
+            assert clean.flat()["arithmetic_wrong"] == 0 and clean.flat()["self_corrections"] == 0
             for bad in groups["flawed"]:
                 worse = [k for k in flaw_signals if (bad.flat()[k] or 0) > (clean.flat()[k] or 0)]
                 assert worse, f"flawed trace {bad.id} is no worse than {clean.id} on any signal"

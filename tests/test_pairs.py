@@ -28,10 +28,13 @@ def test_reasoning_is_cut_at_end_of_thinking(tmp_path):
 
 
 def test_message_lists_explicit_and_implicit_prompt(tmp_path):
-    conv = lambda text: [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": text}]
+    def conv(text):
+        return [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": text}]
+
     p = write(tmp_path, [
         {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "Q?"}],
-         "chosen": [{"role": "assistant", "content": "A1"}], "rejected": [{"role": "assistant", "content": "A2"}]},
+         "chosen": [{"role": "assistant", "content": "A1"}],
+         "rejected": [{"role": "assistant", "content": "A2"}]},
         {"chosen": conv("B1"), "rejected": conv("B2")},
     ])
     a, b = load_pairs(p)

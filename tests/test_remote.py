@@ -22,7 +22,8 @@ def model(text):
 
 def protocol_answer(path, req):
     if path == "/v1/embeddings":
-        rows = [{"object": "embedding", "index": i, "embedding": [model(t), 0.0]} for i, t in enumerate(req["input"])]
+        rows = [{"object": "embedding", "index": i, "embedding": [model(t), 0.0]}
+                for i, t in enumerate(req["input"])]
         return {"object": "list", "data": rows[::-1]}  # out of order on purpose: `index` must be honoured
     if path == "/classify":
         assert req["use_activation"] is False
@@ -38,7 +39,7 @@ def protocol_answer(path, req):
 
 
 class FakeServer:
-    """A threaded HTTP server; `script` holds canned answers (status, body, delay) used before the protocol."""
+    """A threaded HTTP server; `script` holds canned answers (status, body, delay) to give first."""
 
     def __init__(self):
         self.script = []
@@ -154,8 +155,8 @@ def test_unexpected_answers_give_clear_errors(server, body, words):
 
 
 def test_wrong_index_set_is_an_error(server):
-    server.script = [(200, json.dumps({"data": [{"index": 0, "embedding": [1]}, {"index": 0, "embedding": [2]}]})
-                      .encode(), 0)]
+    rows = [{"index": 0, "embedding": [1]}, {"index": 0, "embedding": [2]}]
+    server.script = [(200, json.dumps({"data": rows}).encode(), 0)]
     with pytest.raises(ServerResponseError, match="'index' values"):
         load_scorer(f"sglang:{server.url}").score(ITEMS[:2])
 
@@ -182,3 +183,18 @@ def test_unreachable_server_retries_then_names_url():
 def test_url_is_required():
     with pytest.raises(ValueError, match="vllm:http://HOST:PORT"):
         load_scorer("vllm:")
+
+
+def test_every_client_protocol_against_the_real_thinkrm_server(monkeypatch):
+    """End to end: thinkrm's own server answers all four protocols; each client must get in-process scores."""
+    serve = pytest.importorskip("thinkrm.serve")
+    monkeypatch.delenv("THINKRM_API_KEY", raising=False)
+    items = ITEMS + [("Q8", "line one\n\nline two\nline three")]
+    want = load_scorer("length").score(items)
+    config = serve.ServeConfig(port=0, api_key="secret")
+    with serve.running("length", config) as url:
+        for kind in ("sglang", "vllm", "openrlhf", "thinkrm"):
+            with load_scorer(f"{kind}:{url}", api_key="secret", batch_size=3) as scorer:
+                assert scorer.score(items) == pytest.approx(want), kind
+        with pytest.raises(ServerResponseError, match="HTTP 401"):
+            load_scorer(f"thinkrm:{url}", api_key="wrong").score(items[:1])

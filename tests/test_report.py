@@ -267,3 +267,24 @@ def test_report_with_5000_traces_stays_responsive(tmp_path, browser):
     assert browser.js("document.getElementById('pager').textContent").startswith(f"{expected} of 5000")
     assert browser.exceptions() == [] and browser.js("document.getElementById('errors').textContent") == ""
     assert loaded < 20, f"5,000-trace report took {loaded:.1f} s to become ready"
+
+
+@pytest.mark.slow
+def test_report_with_an_empty_trace_and_an_empty_report(tmp_path, browser):
+    page = tmp_path / "index.html"
+    write_report(page, [Trace(id="empty", prompt="Q?", reasoning=""),
+                        Trace(id="one", prompt="Q?", reasoning="Just 1 + 1 = 2.")])
+    browser.open(page.as_uri() + "#trace=0")
+    wait_for(browser, "document.body.dataset.ready === '1'")
+    assert browser.js("document.body.dataset.opened") == "0"
+    assert "empty trace" in browser.js("document.getElementById('dagpane').textContent")
+    browser.click('#traces tbody tr[data-i="1"]')
+    wait_for(browser, "document.body.dataset.opened === '1'")
+    assert browser.js("document.querySelectorAll('#dagsvg .node').length") == 1
+    nothing = tmp_path / "nothing.html"
+    write_report(nothing, [])
+    browser.call("Page.navigate", url=nothing.as_uri())
+    browser.wait_event("Page.loadEventFired")
+    wait_for(browser, "document.body.dataset.ready === '1'")
+    assert browser.js("document.getElementById('pager').textContent") == "0 of 0 traces"
+    assert browser.exceptions() == [] and browser.js("document.getElementById('errors').textContent") == ""

@@ -110,7 +110,8 @@ def test_trl_async_variant_is_detected_and_awaited_like_trl_does():
     sync, async_ = thinking_reward("length"), thinking_reward("length", asynchronous=True)
     assert isinstance(async_, AsyncThinkingReward)
     assert is_async_callable(async_) and not is_async_callable(sync)
-    kwargs = dict(prompts=["q", "q"], completions=[RIGHT, WRONG], completion_ids=[[1], [2]], answer=["7", "7"])
+    kwargs = dict(prompts=["q", "q"], completions=[RIGHT, WRONG], completion_ids=[[1], [2]],
+                  answer=["7", "7"])
 
     async def on_trl_loop():
         return await async_(**kwargs, **TRLHooks().kwargs())
@@ -122,7 +123,8 @@ def test_verl_compute_score_as_naive_reward_manager_calls_it():
     from thinkrm.verl_reward import compute_score
 
     out = compute_score(data_source="openai/gsm8k", solution_str=RIGHT, ground_truth="7",
-                        extra_info={"split": "train", "index": 0, "question": "What is 3 + 4?"}, scorer="length")
+                        extra_info={"split": "train", "index": 0, "question": "What is 3 + 4?"},
+                        scorer="length")
     assert set(out) == {"score", "r_v", "r_t"}
     assert out["r_v"] == 1.0 and out["r_t"] == -len("3 + 4 = 7") and out["score"] == gated(1, out["r_t"])
     wrong = compute_score("openai/gsm8k", WRONG, "7", None, scorer="length")
@@ -182,9 +184,17 @@ def _example():
 @pytest.mark.slow
 def test_real_grpo_trainer_steps_with_the_gated_reward(tmp_path):
     """A real TRL GRPOTrainer on CPU: the reward is called by TRL, and r_v / r_t reach its logs."""
+    import torch
+
     example = _example()
-    policy = example.build_tiny_policy(tmp_path / "policy", warmup_steps=60)
-    trainer = example.train(policy, tmp_path / "grpo", scorer="length", steps=2, num_generations=4, prompts=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the example does: threads only slow a tiny model down on a shared CPU
+    try:
+        policy = example.build_tiny_policy(tmp_path / "policy", warmup_steps=40)
+        trainer = example.train(policy, tmp_path / "grpo", scorer="length", steps=2, num_generations=4,
+                                prompts=8)
+    finally:
+        torch.set_num_threads(threads)
     logged = [row for row in trainer.state.log_history if "reward" in row]
     assert len(logged) == 2
     for row in logged:

@@ -59,7 +59,8 @@ def test_first_word_ignores_markdown_and_case():
 
 
 def test_leading_and_trailing_whitespace_stay_inside_the_steps():
-    text = "\n\n  First we compute the discriminant b^2 - 4ac = 16.\n\nSo the roots are real and distinct here.\n\n\n"
+    text = ("\n\n  First we compute the discriminant b^2 - 4ac = 16.\n\n"
+            "So the roots are real and distinct here.\n\n\n")
     steps = split_steps(text, LEX)
     check_invariants(text, steps)
     assert len(steps) == 2
@@ -74,6 +75,9 @@ def test_lines_when_there_are_no_blank_lines():
     check_invariants(text, steps)
     assert len(steps) == 3  # one per line; the tiny "A: 18" finishes the last step
     assert steps[-1].text.endswith("A: 18")
+    formulas = "3x + 7 = 22\n3x = 22 - 7 = 15\nx = 15 / 3 = 5\nCheck: 3 * 5 + 7 = 22"
+    assert texts(split_steps(formulas, LEX)) == ["3x + 7 = 22", "3x = 22 - 7 = 15", "x = 15 / 3 = 5",
+                                                 "Check: 3 * 5 + 7 = 22"]
 
 
 def test_sentences_for_a_single_giant_paragraph():
@@ -95,8 +99,21 @@ def test_tiny_lead_in_joins_the_next_step_and_formulas_join_the_previous():
     check_invariants(text, steps)
     assert len(steps) == 3
     assert texts(steps)[1].startswith("Hmm.\n\nWait, the product")
-    # "So" + a formula has no prose of its own: it leads into the sentence that says what it means
-    assert texts(steps)[2].startswith("So\n\n\\[") and texts(steps)[2].endswith("as expected.")
+    # "So" + a formula states a result without prose: it finishes the step that derived it
+    assert texts(steps)[1].endswith("\\pm 1 \\]") and texts(steps)[2].startswith("So the solutions")
+
+
+def test_a_short_statement_finishes_its_step_and_a_lead_in_opens_the_next():
+    text = ("Speed is distance divided by time, so the speed is 180 km over 2.5 hours.\n\n"
+            "So the speed is v = 90 km/h.\n\n"
+            "Wait, no, that's wrong: 90 * 2.5 = 225, not 180, so the division was off.\n\n"
+            "Hmm, let me redo it:\n\n"
+            "Now 180 / 2.5 is the same as 360 / 5 = 72, so the speed is 72 km/h.")
+    steps = split_steps(text, LEX)
+    check_invariants(text, steps)
+    assert len(steps) == 3
+    assert texts(steps)[0].endswith("v = 90 km/h.") and texts(steps)[1].startswith("Wait, no")
+    assert texts(steps)[2].startswith("Hmm, let me redo it:\n\nNow 180")
 
 
 def test_a_lone_formula_line_is_not_a_step():

@@ -6,8 +6,16 @@ import pytest
 
 from thinkrm.dag import build_dag
 from thinkrm.delimiters import Lexicon
-from thinkrm.structurers import (STRUCTURERS, EmbeddingStructurer, HeuristicStructurer, Proposal, StepRef, View,
-                                 cue_of, get_structurer)
+from thinkrm.structurers import (
+    STRUCTURERS,
+    EmbeddingStructurer,
+    HeuristicStructurer,
+    Proposal,
+    StepRef,
+    View,
+    cue_of,
+    get_structurer,
+)
 
 LEX = Lexicon.of(["so", "wait", "alternatively", "now", "hmm", "let", "combining", "next"])
 
@@ -20,6 +28,8 @@ LEX = Lexicon.of(["so", "wait", "alternatively", "now", "hmm", "let", "combining
     ("Actually, the triangle is isosceles.", "correct"),
     ("Wait, let me double-check the sum.", "check"),
     ("Let me verify this with x = 2.", "check"),
+    ("Let's check: 3 * 4 = 12.", "check"),
+    ("- Let me re-examine the sum.", "check"),
     ("Hmm.", "check"),
     ("But wait, is 27 really the smallest cube?", "check"),
     ("Hmm, no, that is wrong.", "correct"),
@@ -149,7 +159,7 @@ def test_embedding_structurer_encodes_once_and_clips_long_traces():
     dag = build_dag(text, EmbeddingStructurer(encoder=enc), lexicon=LEX)
     assert len(enc.calls) == 1 and len(enc.calls[0]) == len(dag.steps)
     assert dag.structurer == "embedding"
-    many = "\n\n".join(f"So step {i} adds the number {i} to the running total of the sum." for i in range(400))
+    many = "\n\n".join(f"So step {i} adds the number {i} to the running total." for i in range(400))
     enc2 = FakeEncoder()
     build_dag(many, EmbeddingStructurer(encoder=enc2), lexicon=LEX)
     assert len(enc2.calls[0]) == 400

@@ -1,4 +1,4 @@
-"""Bradley-Terry training on tiny real models: it learns, it saves a plain servable checkpoint, it reports bad input.
+"""Bradley-Terry training on tiny real models: it learns, saves a plain servable checkpoint, counts bad input.
 
 The task is separable on purpose: the chosen reasoning contains the word "verify" where the rejected one has
 another word, at a random position, so a random model scores it near chance and a trained one must attend to
@@ -24,7 +24,9 @@ from thinkrm.formatting import InputEncoder
 from thinkrm.io import InputError
 from thinkrm.train import CHECKPOINTS, PRESETS, REPORT, SIDECAR, TrainConfig, _reward_config, train
 
-FILLER = "so wait the answer is let me factor first note sum digits minutes seconds compute asks final".split()
+FILLER = (
+    "so wait the answer is let me factor first note sum digits minutes seconds compute asks final".split()
+)
 DECOYS = ["so", "note", "sum", "minutes", "asks", "wrong", "final"]
 
 
@@ -43,9 +45,14 @@ def make_pairs(n: int, seed: int, start: int = 0) -> list[dict]:
     for i in range(start, start + n):
         body = [rng.choice(FILLER) for _ in range(12)]
         pos = rng.randrange(len(body))
-        rows.append({"id": f"p{i}", "prompt": f"Problem {i}: what is {i} + 3?",
-                     "chosen": " ".join(body[:pos] + ["verify"] + body[pos:]),
-                     "rejected": " ".join(body[:pos] + [rng.choice(DECOYS)] + body[pos:])})
+        rows.append(
+            {
+                "id": f"p{i}",
+                "prompt": f"Problem {i}: what is {i} + 3?",
+                "chosen": " ".join(body[:pos] + ["verify"] + body[pos:]),
+                "rejected": " ".join(body[:pos] + [rng.choice(DECOYS)] + body[pos:]),
+            }
+        )
     return rows
 
 
@@ -55,12 +62,24 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def fast_config(pairs: Path, out: Path, base: Path, **kw) -> TrainConfig:
-    settings = dict(pairs=str(pairs), output_dir=str(out), base=f"hf:{base}", learning_rate=1e-2, num_epochs=2,
-                    batch_size=8, per_device_batch_size=8, warmup_ratio=0.0, max_length=256, logging_steps=2)
+    settings = dict(
+        pairs=str(pairs),
+        output_dir=str(out),
+        base=f"hf:{base}",
+        learning_rate=1e-2,
+        num_epochs=2,
+        batch_size=8,
+        per_device_batch_size=8,
+        warmup_ratio=0.0,
+        max_length=256,
+        logging_steps=2,
+    )
     return TrainConfig(**{**settings, **kw})
 
 
-def forward_scores(model_dir: Path, rows: list[dict], input_format: str = "plain") -> tuple[list[float], list[float]]:
+def forward_scores(
+    model_dir: Path, rows: list[dict], input_format: str = "plain"
+) -> tuple[list[float], list[float]]:
     """Scores by a plain transformers forward pass, one item at a time (no padding involved)."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -91,7 +110,7 @@ def test_training_lowers_loss_and_raises_pairwise_accuracy(trained, tiny_reward_
     out, report = trained
     assert report.first_loss > 0.6 and report.last_loss < report.first_loss - 0.15
     assert report.eval_pairs > 0 and report.pairs_used + report.eval_pairs == 64
-    assert report.eval_accuracy > report.initial_eval_accuracy
+    assert report.eval_accuracy > report.initial_eval_accuracy and report.best_step > 0
     # Independent of TRL's own metric: fresh pairs from the same task, scored by a plain forward pass.
     fresh = make_pairs(40, seed=123, start=1000)
     before = accuracy(*forward_scores(tiny_reward_model, fresh))
@@ -121,14 +140,23 @@ def test_saved_model_scores_the_same_through_hf_scorer(trained):
     rows = make_pairs(6, seed=7, start=500)
     chosen, rejected = forward_scores(out, rows)
     with load_scorer(f"hf:{out}", device="cpu", dtype="float32", batch_size=4) as scorer:
-        got = scorer.score([(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows])
+        got = scorer.score(
+            [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
+        )
     assert got == pytest.approx(chosen + rejected, abs=1e-4)
 
 
 def test_pad_token_is_added_when_base_has_none(tmp_path, tiny_reward_model_no_pad):
     assert AutoTokenizer.from_pretrained(tiny_reward_model_no_pad).pad_token is None
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8, seed=1))
+    # leftovers of an earlier, sharded model in the same folder must not survive next to the new weights
+    (tmp_path / "rm").mkdir()
+    for stale in ("model-00001-of-00002.safetensors", "model.safetensors.index.json", "thinkrm.json"):
+        (tmp_path / "rm" / stale).write_text("{}")
     train(fast_config(pairs, tmp_path / "rm", tiny_reward_model_no_pad, max_steps=1))
+    assert not (tmp_path / "rm" / "model-00001-of-00002.safetensors").exists()
+    assert not (tmp_path / "rm" / "model.safetensors.index.json").exists()
+    assert json.loads((tmp_path / "rm" / SIDECAR).read_text())["input_format"] == "plain"
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
@@ -162,6 +190,19 @@ def test_bad_pairs_are_counted_and_skipped(tmp_path, tiny_reward_model):
     assert sum(n for what, n in skipped.bad_pairs.items() if "longer than --max-length 256" in what) == 2
 
 
+def test_margins_enter_the_loss_unless_disabled(tmp_path, tiny_reward_model):
+    # -log sigmoid(r_c - r_r - m) ~ m for a large margin m; without margins an untrained model is near log 2.
+    rows = [dict(r, margin=20.0) for r in make_pairs(8, seed=10)]
+    rows[0].pop("margin")  # a pair without a margin is plain Bradley-Terry (margin 0), not an error
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with_margin = train(fast_config(pairs, tmp_path / "m", tiny_reward_model, max_steps=1, logging_steps=1))
+    without = train(
+        fast_config(pairs, tmp_path / "n", tiny_reward_model, max_steps=1, logging_steps=1, use_margin=False)
+    )
+    assert 15 < with_margin.first_loss < 20
+    assert 0.4 < without.first_loss < 1.0
+
+
 def test_no_usable_pairs_is_a_clear_error_before_training(tmp_path, tiny_reward_model):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "a"}])
     with pytest.raises(InputError, match=r"no usable training pairs .*pairs.jsonl:1"):
@@ -169,13 +210,16 @@ def test_no_usable_pairs_is_a_clear_error_before_training(tmp_path, tiny_reward_
     assert not (tmp_path / "rm").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(base="gpt2"), "expected 'hf:MODEL_ID_OR_PATH'"),
-    (dict(input_format="xml"), "--input-format"),
-    (dict(eval_fraction=1.5), "--eval-fraction"),
-    (dict(batch_size=12), "not a multiple of per-device batch"),
-    (dict(dtype="float33"), "--dtype"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(base="gpt2"), "expected 'hf:MODEL_ID_OR_PATH'"),
+        (dict(input_format="xml"), "--input-format"),
+        (dict(eval_fraction=1.5), "--eval-fraction"),
+        (dict(batch_size=12), "not a multiple of per-device batch"),
+        (dict(dtype="float33"), "--dtype"),
+    ],
+)
 def test_bad_options_fail_early(tmp_path, tiny_reward_model, change, message):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4, seed=3))
     with pytest.raises(ValueError, match=message):
@@ -186,7 +230,11 @@ def test_presets_follow_the_paper_and_explicit_values_win(monkeypatch):
     config = TrainConfig.from_preset("trm-8b", pairs="p.jsonl", output_dir="out", learning_rate=2e-6)
     assert config.base == "hf:meta-llama/Llama-3.1-8B-Instruct" and config.preset == "trm-8b"
     assert (config.batch_size, config.num_epochs, config.lr_scheduler) == (192, 1.0, "cosine")
-    assert (config.warmup_ratio, config.weight_decay, config.center_rewards_coefficient) == (0.03, 1e-3, 0.001)
+    assert (config.warmup_ratio, config.weight_decay, config.center_rewards_coefficient) == (
+        0.03,
+        1e-3,
+        0.001,
+    )
     assert (config.max_length, config.bf16, config.gradient_checkpointing) == (8192, True, True)
     assert config.learning_rate == 2e-6 and PRESETS["trm-8b"]["learning_rate"] == 1e-6
     monkeypatch.setenv("WORLD_SIZE", "8")
@@ -217,8 +265,19 @@ def test_chat_input_format_is_recorded_and_used(tmp_path, tiny_reward_model):
 def test_lora_run_is_merged_into_a_plain_checkpoint(tmp_path, tiny_reward_model):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(64, seed=0))
     out = tmp_path / "rm"
-    report = train(fast_config(pairs, out, tiny_reward_model, lora=True, lora_r=8, learning_rate=1e-2, num_epochs=3,
-                               eval_fraction=0.25, eval_steps=6))
+    report = train(
+        fast_config(
+            pairs,
+            out,
+            tiny_reward_model,
+            lora=True,
+            lora_r=8,
+            learning_rate=1e-2,
+            num_epochs=3,
+            eval_fraction=0.25,
+            eval_steps=6,
+        )
+    )
     assert report.best_step is not None  # keep-best reloaded the best adapter before merging
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -238,11 +297,13 @@ def test_lora_run_is_merged_into_a_plain_checkpoint(tmp_path, tiny_reward_model)
 def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_reward_model):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32, seed=6))
     out = tmp_path / "rm"
-    first = train(fast_config(pairs, out, tiny_reward_model, max_steps=2, save_steps=2, keep_checkpoints=True))
+    first = train(
+        fast_config(pairs, out, tiny_reward_model, max_steps=2, save_steps=2, keep_checkpoints=True)
+    )
     assert first.steps == 2 and (out / CHECKPOINTS / "checkpoint-2").is_dir()
     resumed = train(fast_config(pairs, out, tiny_reward_model, max_steps=4, save_steps=2, resume=True))
     assert resumed.steps == 4
-    # only the two new steps ran (about as many tokens as the first run), the first two came from the checkpoint
+    # only the two new steps ran (about as many tokens as the first run); steps 1-2 came from the checkpoint
     assert resumed.train_tokens < 1.5 * first.train_tokens
     assert [h["step"] for h in resumed.log_history if "loss" in h] == [2, 4]
 
@@ -253,21 +314,39 @@ def test_cli_trains_and_reports(tmp_path, tiny_reward_model):
     from thinkrm.cli import app
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8, seed=8) + [{"prompt": "x", "chosen": "a"}])
-    result = CliRunner().invoke(app, ["train", str(pairs), "--base", f"hf:{tiny_reward_model}", "-o",
-                                      str(tmp_path / "rm"), "--preset", "cpu-debug", "--max-steps", "1",
-                                      "--max-length", "256", "--no-use-margin"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(pairs),
+            "--base",
+            f"hf:{tiny_reward_model}",
+            "-o",
+            str(tmp_path / "rm"),
+            "--preset",
+            "cpu-debug",
+            "--max-steps",
+            "1",
+            "--max-length",
+            "256",
+            "--no-use-margin",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "trained 1 steps on 8 pairs" in result.output and "1 bad pairs skipped" in result.output
     sidecar = json.loads((tmp_path / "rm" / SIDECAR).read_text())
     assert sidecar["preset"] == "cpu-debug" and sidecar["max_length"] == 256
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--base", "hf:/no/such/model"], "cannot load it"),
-    (["--base", "hf:{base}", "--preset", "nope"], "unknown preset 'nope'"),
-    (["--arch", "lite", "--lora"], "--arch lite does not take --lora"),
-    (["--arch", "gnn"], "--arch 'gnn'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--base", "hf:/no/such/model"], "cannot load it"),
+        (["--base", "hf:{base}", "--preset", "nope"], "unknown preset 'nope'"),
+        (["--arch", "lite", "--lora"], "--arch lite does not take --lora"),
+        (["--arch", "gnn"], "--arch 'gnn'"),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, tiny_reward_model, args, message):
     from typer.testing import CliRunner
 
@@ -288,16 +367,23 @@ def test_cli_arch_lite_dispatches_to_train_lite(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(thinkrm.lite, "train_lite", lambda *a: calls.append(a) or {})
-    result = CliRunner().invoke(app, ["train", "--arch", "lite", "--shared", str(tmp_path), "-o",
-                                      str(tmp_path / "lite"), "--seed", "3"])
+    result = CliRunner().invoke(
+        app,
+        ["train", "--arch", "lite", "--shared", str(tmp_path), "-o", str(tmp_path / "lite"), "--seed", "3"],
+    )
     assert result.exit_code == 0, result.output
     assert calls == [(None, str(tmp_path / "lite"), str(tmp_path), 3)]
 
 
 def test_python_dash_m_entry_point():
     # `accelerate launch -m thinkrm.train` runs the module; it must expose the same flags as `thinkrm train`.
-    proc = subprocess.run([sys.executable, "-m", "thinkrm.train", "--help"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinkrm.train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--center-rewards-coefficient" in proc.stdout and "--lora" in proc.stdout
 
@@ -308,11 +394,39 @@ def test_two_process_launch_trains_once_and_saves_once(tmp_path, tiny_reward_mod
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32, seed=0))
     accelerate = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run(
-        [str(accelerate), "launch", "--num_processes", "2", "--cpu", "-m", "thinkrm.train", str(pairs),
-         "--base", f"hf:{tiny_reward_model}", "-o", str(tmp_path / "rm"), "--max-length", "256",
-         "--batch-size", "8", "--per-device-batch-size", "4", "--learning-rate", "1e-2", "--num-epochs", "2",
-         "--eval-fraction", "0.25", "--eval-steps", "2"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+        [
+            str(accelerate),
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "-m",
+            "thinkrm.train",
+            str(pairs),
+            "--base",
+            f"hf:{tiny_reward_model}",
+            "-o",
+            str(tmp_path / "rm"),
+            "--max-length",
+            "256",
+            "--batch-size",
+            "8",
+            "--per-device-batch-size",
+            "4",
+            "--learning-rate",
+            "1e-2",
+            "--num-epochs",
+            "2",
+            "--eval-fraction",
+            "0.25",
+            "--eval-steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("eval pairwise accuracy") == 1
     report = json.loads((tmp_path / "rm" / REPORT).read_text())
@@ -322,7 +436,9 @@ def test_two_process_launch_trains_once_and_saves_once(tmp_path, tiny_reward_mod
     AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
 
 
-@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("deepspeed_zero3", "DEEPSPEED"), ("fsdp2", "FSDP")])
+@pytest.mark.parametrize(
+    "name, kind", [("ddp", "MULTI_GPU"), ("deepspeed_zero3", "DEEPSPEED"), ("fsdp2", "FSDP")]
+)
 def test_accelerate_configs_load_and_save_full_weights(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -330,7 +446,9 @@ def test_accelerate_configs_load_and_save_full_weights(name, kind):
     config = load_config_from_file(str(path))  # rejects unknown keys, as `accelerate launch` would
     assert config.distributed_type == kind
     if kind == "DEEPSPEED":
-        assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]
+        assert (
+            config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]
+        )
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

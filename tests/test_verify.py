@@ -1,4 +1,4 @@
-"""The shared verifier: extraction after the reasoning, math-verify equivalence, fail-closed, hard timeouts."""
+"""The shared verifier: extraction after the reasoning, math-verify equivalence, fail closed, timeouts."""
 
 from __future__ import annotations
 

@@ -28,6 +28,11 @@ _EXPORTS = {
     "get_structurer": "thinkrm.structurers",
     "Proposal": "thinkrm.structurers",
     "View": "thinkrm.structurers",
+    # ME² analysis and the HTML report
+    "analyze": "thinkrm.me2",
+    "Analysis": "thinkrm.me2",
+    "SIGNALS": "thinkrm.me2",
+    "ReportWriter": "thinkrm.report",
     # reward models
     "Item": "thinkrm.formatting",
     "format_input": "thinkrm.formatting",
@@ -52,6 +57,15 @@ _EXPORTS = {
     "Client": "thinkrm.client",
     "ServeConfig": "thinkrm.serve",
     "create_app": "thinkrm.serve",
+    # verification, Best-of-N and RL rewards
+    "extract_answer": "thinkrm.verify",
+    "verify_batch": "thinkrm.verify",
+    "same_answer": "thinkrm.verify",
+    "best_of_n": "thinkrm.bon",
+    "load_candidates": "thinkrm.bon",
+    "gated": "thinkrm.rewards",
+    "ThinkingReward": "thinkrm.rewards",
+    "thinking_reward": "thinkrm.rewards",
 }
 
 __all__ = sorted(_EXPORTS)

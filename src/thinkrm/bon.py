@@ -6,7 +6,9 @@ selection rule pick a right one? Rules (`STRATEGIES`):
 * `argmax`: the candidate with the highest score;
 * `vote`: majority vote over final answers, answers grouped by math-verify equivalence ("0.5" = "\\frac12"),
   not string equality;
-* `weighted-vote`: each answer class is weighted by the sum of softmax(score / T) over its candidates.
+* `weighted-vote`: each answer class is weighted by the sum of softmax(score / T) over its candidates;
+  by default T is the standard deviation of the pool's scores, so the rule does not depend on the scale
+  of the scorer's raw outputs.
 
 Baselines need no scorer: `random` (expected accuracy of a uniform pick), `shortest`, `longest` (by response
 length), `oracle` (any right candidate in the subset) and `majority-vote` (the `vote` rule).
@@ -83,7 +85,8 @@ def load_candidates(path: str | Path) -> list[Candidate]:
     return out
 
 
-def candidate_from_record(rec: dict[str, Any], *, file: str | None = None, line: int | None = None) -> Candidate:
+def candidate_from_record(rec: dict[str, Any], *, file: str | None = None,
+                          line: int | None = None) -> Candidate:
     def need(name: str, types: type | tuple[type, ...], label: str) -> Any:
         if name not in rec:
             raise InputError("missing", file=file, line=line, field=name)
@@ -115,7 +118,7 @@ def _slug(spec: str) -> str:
 def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str | Path | None = None,
                      batch_size: int = 64, on_progress: Callable[[int, int], None] | None = None
                      ) -> tuple[list[float], dict[str, Any]]:
-    """Scores of all candidates, each distinct scorer input scored once; `cache` (JSONL) makes it resumable."""
+    """Scores of all candidates, each distinct scorer input scored once; `cache` makes it resumable."""
     keys = [c.key for c in candidates]
     known: dict[str, float] = {}
     store = ResumableJsonl(cache, key="key") if cache is not None else None
@@ -148,8 +151,9 @@ def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str
     finally:
         if store is not None:
             store.close()
+    per_ms = round(1000 * seconds / len(todo), 3) if todo else None
     return [known[k] for k in keys], {"scored": len(todo), "cached": cached, "seconds": round(seconds, 3),
-                                      "per_candidate_ms": round(1000 * seconds / len(todo), 3) if todo else None}
+                                      "per_candidate_ms": per_ms}
 
 
 @dataclass
@@ -241,7 +245,7 @@ def evaluate_bon(problems: Sequence[_Problem], *, strategies: Sequence[str] = ST
 
 def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "lite", *,
               strategies: Sequence[str] = STRATEGIES, ns: Iterable[int] = DEFAULT_NS, repeats: int = 5,
-              seed: int = 0, temperature: float = 1.0, cache_dir: str | Path | None = None,
+              seed: int = 0, temperature: float | str = "auto", cache_dir: str | Path | None = None,
               verify_timeout: float = 5.0, workers: int | None = None,
               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Best-of-N accuracy of `scorer` (a spec like "lite" or a `Scorer`) on a candidate pool.
@@ -261,8 +265,8 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
     ns = [int(n) for n in ns]
     if not ns or min(ns) < 1:
         raise ValueError(f"--n values must be positive integers, got {ns}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature != "auto" and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0 or 'auto', got {temperature!r}")
     cands = [c if isinstance(c, Candidate) else candidate_from_record(c, line=i)
              for i, c in enumerate(candidates, 1)]
     if not cands:
@@ -309,6 +313,11 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
                  classes=np.array([-1 if k is None else k for k in cls], dtype=int))
         for ids, cls in zip(order.values(), classes)
     ]
+    if temperature == "auto":
+        # Scores are raw and their scale depends on the scorer (TRM logits, minus characters, ...); one
+        # standard deviation of the pool's scores as temperature makes weighted-vote scale-free.
+        spread = float(np.std(scores))
+        temperature = spread if spread > 0 else 1.0
     start = time.perf_counter()
     result = evaluate_bon(problems, strategies=strategies, ns=ns, repeats=repeats, seed=seed,
                           temperature=temperature)
@@ -316,5 +325,6 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
     sizes = [len(p.correct) for p in problems]
     return {"scorer": spec, "n_problems": len(problems), "n_candidates": len(cands),
             "pool_size": {"min": min(sizes), "max": max(sizes)}, "requested_ns": ns, "repeats": repeats,
-            "seed": seed, "temperature": temperature, "no_answer": sum(a is None for a in answers),
+            "seed": seed, "temperature": round(float(temperature), 6),
+            "no_answer": sum(a is None for a in answers),
             **result, "timings": timings}

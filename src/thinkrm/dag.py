@@ -101,7 +101,8 @@ class DAG:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], text: str) -> DAG:
-        steps = [Step(s["index"], s["start"], s["end"], text[s["start"]:s["end"]].strip()) for s in d["steps"]]
+        steps = [Step(s["index"], s["start"], s["end"], text[s["start"]:s["end"]].strip())
+                 for s in d["steps"]]
         return cls(text=text, steps=steps, nodes=[StepNode(**n) for n in d["nodes"]],
                    supernodes=[SuperNode(**s) for s in d["supernodes"]], answer_node=d["answer_node"],
                    answer_path=list(d["answer_path"]), structurer=d.get("structurer", "heuristic"),
@@ -168,7 +169,8 @@ def build_dag(text_or_steps: str | list[Step], structurer: str | Any = "heuristi
         _run(machine, impl, steps)
     supernodes = _collapse(machine.parents, machine.actions)
     for sn in supernodes:
-        sn.summary = summarize(" ".join(steps[i].text[:_SUMMARY_SCAN] for i in sn.members[:3])[:_SUMMARY_SCAN])
+        opening = " ".join(steps[i].text[:_SUMMARY_SCAN] for i in sn.members[:3])
+        sn.summary = summarize(opening[:_SUMMARY_SCAN])
     answer = _answer_node(steps, supernodes)
     nodes = [StepNode(i, p, a) for i, (p, a) in enumerate(zip(machine.parents, machine.actions))]
     return DAG(text=text, steps=steps, nodes=nodes, supernodes=supernodes, answer_node=answer,

@@ -164,7 +164,7 @@ def mine_lexicon(texts: Iterable[str], *, top: int = 40, min_segments: int = 8, 
     candidates = [w for w in starts if len(w) >= 2 and traces[w] >= need_traces
                   and starts[w] / max(1, occurrences[w]) >= min_ratio]
     chosen = sorted(candidates, key=lambda w: (-score(w), w))[:top]
-    stats = {w: {"starts": starts[w], "traces": traces[w], "ratio": round(starts[w] / max(1, occurrences[w]), 4)}
-             for w in chosen}
+    stats = {w: {"starts": starts[w], "traces": traces[w],
+                 "ratio": round(starts[w] / max(1, occurrences[w]), 4)} for w in chosen}
     lexicon = Lexicon(frozenset(chosen), source=source, stats=stats)
     return MineResult(lexicon, starts, traces, occurrences, n_traces, n_segments)

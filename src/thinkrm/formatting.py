@@ -72,7 +72,8 @@ class InputConfig:
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"unknown input_format {self.input_format!r}; expected one of {', '.join(INPUT_FORMATS)}")
+            raise ValueError(f"unknown input_format {self.input_format!r}; "
+                             f"expected one of {', '.join(INPUT_FORMATS)}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 16:
             raise ValueError(f"max_length must be an integer >= 16, got {self.max_length!r}")
 
@@ -118,15 +119,17 @@ class InputEncoder:
 
     def __init__(self, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH, input_format: str = "plain"):
         if input_format not in INPUT_FORMATS:
-            raise ValueError(f"unknown input_format {input_format!r}; expected one of {', '.join(INPUT_FORMATS)}")
+            raise ValueError(f"unknown input_format {input_format!r}; "
+                             f"expected one of {', '.join(INPUT_FORMATS)}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.input_format = input_format
         bos = tokenizer.bos_token_id
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
         self._strip_bos = tokenizer.bos_token if bos is not None and probe[:1] == [bos] else None
-        # Tokens the marker-only frame needs can exceed a tiny budget; fail early on a nonsensical limit.
-        marker_len = len(tokenizer(TRUNCATION_MARKER + PROMPT_TRUNCATION_MARKER, add_special_tokens=False)["input_ids"])
+        # A limit that cannot even hold the markers would loop forever cutting; refuse it up front.
+        markers = TRUNCATION_MARKER + PROMPT_TRUNCATION_MARKER
+        marker_len = len(tokenizer(markers, add_special_tokens=False)["input_ids"])
         if max_length < 4 * marker_len:
             raise ValueError(f"max_length {max_length} is too small to hold truncation markers "
                              f"({marker_len} tokens); use at least {4 * marker_len}")
@@ -139,7 +142,8 @@ class InputEncoder:
         return text
 
     def _ids(self, prompt: str, reasoning: str) -> list[int]:
-        return self.tokenizer(self.text(prompt, reasoning), add_special_tokens=True, verbose=False)["input_ids"]
+        text = self.text(prompt, reasoning)
+        return self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
 
     def _pieces(self, text: str) -> list[tuple[int, int]]:
         """Character span of each token of `text` (without special tokens)."""

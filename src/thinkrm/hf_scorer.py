@@ -91,11 +91,12 @@ class HFScorer(Scorer):
         positions = getattr(self._text_config, "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0:
             limit = min(limit, positions)
-        self.encoder = InputEncoder(self.tokenizer, max_length=limit,
-                                    input_format=input_format or (sidecar.input_format if sidecar else "plain"))
+        mode = input_format or (sidecar.input_format if sidecar else "plain")
+        self.encoder = InputEncoder(self.tokenizer, max_length=limit, input_format=mode)
         tok = self.tokenizer
         # A pad id equal to EOS is no pad id at all: a text that ends in EOS would be read one token early.
-        self._pad = tok.pad_token_id if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id else None
+        distinct = tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+        self._pad = tok.pad_token_id if distinct else None
         self._torch = torch
 
     @property
@@ -124,7 +125,8 @@ class HFScorer(Scorer):
             mask[row, :len(ids)] = 1
         self._text_config.pad_token_id = pad
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+        logits = out.logits
         return logits[:, 0].float().cpu().tolist()
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:

@@ -374,11 +374,17 @@ class LiteModel:
 class LiteScorer(Scorer):
     """`lite` (the shipped model) or `lite:PATH` (a checkpoint directory from `thinkrm train --arch lite`)."""
 
-    def __init__(self, arg: str = "", *, batch_size: int = 32, cache_dir: str | None = None, **_: Any):
-        self.spec = f"lite:{arg}" if arg else "lite"
+    def __init__(self, arg: str = "", *, batch_size: int = 32, cache_dir: str | None = None,
+                 max_segments: int | None = None, **_: Any):
         from .embed import get_encoder
 
+        self.spec = f"lite:{arg}" if arg else "lite"
         self.model = LiteModel.load(arg or DEFAULT_DIR)
+        if max_segments is not None:
+            # Fewer segments = fewer backbone passes; `select` makes them a subset of those trained on.
+            if max_segments < 2:
+                raise ValueError("max_segments must be >= 2 (the first and the last segment)")
+            self.model.config.max_segments = max_segments
         self.embedder = Embedder(cache_dir)
         self.batch_size = batch_size
         get_encoder()  # load the backbone now, so the first score call is not the slow one
@@ -406,6 +412,8 @@ POOLS = {"skythought-math500": Path("skythought-math500") / "candidates.jsonl",
          "gsm8k": Path("gsm8k-candidates") / "dev.jsonl"}
 PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
+BON_PROBLEMS = 150  # held-out problems per pool scored for Best-of-N (bounded: long traces cost the most)
+OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trace dominates
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -443,8 +451,12 @@ def perturbation_pairs(candidates: Sequence[Candidate], name: str, seed: int, ma
                     extra={"problem_id": c.problem_id, "correct": c.correct})
               for i, c in enumerate(candidates) if c.correct]
     traces = [t for t in traces if len(segments(t.reasoning)) + 4 <= max_segments]
+    records: dict[str, list[dict[str, Any]]] = {}
+    for r in perturb_records(traces, seed=seed):
+        records.setdefault(r["source_id"], []).append(r)
+    rng = random.Random(seed)
     return [_tag(pair_from_record(r, default_id=r["id"]), f"{name}:{r['problem_id']}", f"perturb:{name}")
-            for r in perturb_records(traces, seed=seed)]
+            for recs in records.values() for r in rng.sample(recs, min(OPS_PER_TRACE, len(recs)))]
 
 
 @dataclass
@@ -491,7 +503,9 @@ def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, con
             cands = load_candidates(path)
             held_pool = split_groups((c.problem_id for c in cands), POOL_TEST_FRACTION, seed)
             split[f"{name}_test_problem_ids"] = sorted(held_pool)
-            pools[name] = [c for c in cands if c.problem_id in held_pool]
+            scored = set(sorted(held_pool, key=lambda k: random.Random(f"{seed}:{k}").random())[:BON_PROBLEMS])
+            split[f"{name}_bon_problem_ids"] = sorted(scored)
+            pools[name] = [c for c in cands if c.problem_id in scored]
             train += perturbation_pairs([c for c in cands if c.problem_id not in held_pool], name, seed,
                                         config.max_segments)
     if pairs_path is not None:
@@ -557,7 +571,7 @@ def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarra
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(order))
     net.eval()
     return losses
@@ -607,8 +621,12 @@ def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir
     items, idx = _pair_rows(data.train)
     feats = _index(items, config, embedder, show=show_progress)
     model = LiteModel.new(config, seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    losses = fit(model, feats, idx, source_weights(data.train), epochs=epochs, seed=seed)
+    try:
+        losses = fit(model, feats, idx, source_weights(data.train), epochs=epochs, seed=seed)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     results = evaluate(model, embedder, data)
     model.meta = {"seed": seed, "epochs": epochs, "train_pairs": len(data.train),
                   "train_pairs_by_source": _count(p.extra["source"] for p in data.train),
@@ -702,8 +720,10 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         f"Training pairs: {meta.get('train_pairs')} ({', '.join(f'{k}: {v}' for k, v in meta.get('train_pairs_by_source', {}).items())}); "
         "each source carries equal total weight.",
         f"Split by problem (seed {data.split.get('seed')}): {PRM_TEST_FRACTION:.0%} of PRMBench problem ids and "
-        f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations are made "
-        "only from correct candidates of the training half. The held-out ids are in `split.json`.", "",
+        f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations "
+        f"({OPS_PER_TRACE} random ops per trace) are made only from correct candidates of the training half, and "
+        f"Best-of-N is scored on {BON_PROBLEMS} random held-out problems per pool. The held-out ids are in "
+        "`split.json`.", "",
         "Reproduce: `make lite-model` (= `thinkrm train --arch lite --shared ../shared/data -o src/thinkrm/data/lite"
         f" --seed {meta.get('seed')}`).", "",
         "## Results on held-out problems", "",

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from .dag import DAG
 
 DIMENSIONS = ("macro_efficiency", "macro_effectiveness", "micro_efficiency", "micro_effectiveness")
-Better = Literal["lower", "higher"]
+Better = Literal["lower", "higher", "neither"]  # "neither": context, not a flaw in either direction
 Value = int | float | None
 
 
@@ -52,7 +52,7 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
               "the prompt (null without a prompt)", "lower"),
     SignalDef("unsupported_claims", "macro_effectiveness", "hand-waving phrases that assert instead of showing "
               "(\"obviously\", \"clearly\", \"it is easy to see\", ...) per 1,000 words", "lower"),
-    SignalDef("words_per_step", "micro_efficiency", "mean whitespace-separated words per step", "lower"),
+    SignalDef("words_per_step", "micro_efficiency", "mean whitespace-separated words per step", "neither"),
     SignalDef("filler_per_1k", "micro_efficiency", "filler phrases (\"hmm\", \"okay so\", \"let me think\", "
               "\"basically\", ...) per 1,000 words", "lower"),
     SignalDef("near_duplicate_steps", "micro_efficiency", "steps whose word 3-shingles have Jaccard >= 0.5 with "
@@ -66,11 +66,12 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
     SignalDef("conflicting_values", "micro_effectiveness", "quantities assigned two or more different numbers "
               "(\"x = 3\" ... \"x = 5\")", "lower"),
     SignalDef("arithmetic_checked", "micro_effectiveness", "numeric claims `a op b = c` (+ - * / ^, chains "
-              "allowed) found and evaluated", "higher"),
+              "allowed) found and evaluated", "neither"),
     SignalDef("arithmetic_wrong", "micro_effectiveness", "checked arithmetic claims whose two sides differ "
               "(beyond the rounding the right-hand side's decimals allow)", "lower"),
 ]}
 
+POSTINGS = 64  # steps remembered per shingle/word when looking for repeats (see `repetitions`)
 MAX_FINDINGS = 200  # per trace: enough to highlight every problem in a report, bounded for huge traces
 
 _STOP = frozenset("""a an the and or but if then so of to in on at by for with from as is are was were be been
@@ -283,15 +284,16 @@ class _Analyzer:
         """(near-duplicate steps, paraphrased steps), via inverted indexes so long traces stay fast.
 
         Comparing every pair of steps is quadratic in text; counting shared keys through postings lists only
-        touches step pairs that share something. Very common keys (in over half the steps, at least 20) carry
-        no information about repetition and would bring back the quadratic cost, so they are dropped.
+        touches step pairs that share something. Exact repeats are found by hashing, very common keys (in
+        over half the steps, at least 20) say nothing about repetition, and each postings list keeps its
+        first `POSTINGS` steps, so a trace that repeats one paragraph a thousand times stays linear.
         """
         shingles = []
         for s in self.steps:
             w = s.text.lower().split()
             shingles.append({" ".join(w[i:i + 3]) for i in range(len(w) - 2)})
-        dup = self._similar(shingles, 0.5)
-        para = self._similar(self.content, 0.6, min_size=4)
+        dup = _similar(shingles, 0.5)
+        para = _similar(self.content, 0.6, min_size=4)
         near = para_n = 0
         for i in range(len(self.steps)):
             s = self.steps[i]
@@ -302,32 +304,6 @@ class _Analyzer:
                 para_n += 1
                 self.find("paraphrase_loops", s.start, s.end, f"restates step {para[i]}")
         return near, para_n
-
-    def _similar(self, sets: list[set[str]], threshold: float, min_size: int = 1) -> dict[int, int]:
-        """For each set, the first earlier set with Jaccard >= threshold (index -> earlier index)."""
-        df: dict[str, int] = defaultdict(int)
-        for s in sets:
-            for k in s:
-                df[k] += 1
-        cap = max(20, len(sets) // 2)
-        postings: dict[str, list[int]] = defaultdict(list)
-        found: dict[int, int] = {}
-        for i, s in enumerate(sets):
-            keys = [k for k in s if df[k] <= cap]
-            if len(s) >= min_size:
-                shared: dict[int, int] = defaultdict(int)
-                for k in keys:
-                    for j in postings[k]:
-                        shared[j] += 1
-                for j in sorted(shared):
-                    inter = shared[j]
-                    if inter / (len(s) + len(sets[j]) - inter) >= threshold:
-                        found[i] = j
-                        break
-            if len(s) >= min_size:
-                for k in keys:
-                    postings[k].append(i)
-        return found
 
     # -- micro-effectiveness: is each step valid -------------------------------------------------------------
     def micro_effectiveness(self) -> dict[str, Value]:
@@ -387,6 +363,40 @@ class _Analyzer:
                 claim = f"{left.strip()} = {right.strip()}"
                 holds = _close(lv, rv, right if not _has_op(right) else None)
                 yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})"
+
+
+def _similar(sets: list[set[str]], threshold: float, min_size: int = 1) -> dict[int, int]:
+    """For each set, an earlier set with Jaccard >= threshold (index -> earlier index), earliest first."""
+    df: dict[str, int] = defaultdict(int)
+    for s in sets:
+        for k in s:
+            df[k] += 1
+    cap = max(20, len(sets) // 2)
+    postings: dict[str, list[int]] = defaultdict(list)
+    first_seen: dict[frozenset[str], int] = {}
+    found: dict[int, int] = {}
+    for i, s in enumerate(sets):
+        if len(s) < min_size:
+            continue
+        key = frozenset(s)
+        if key in first_seen:
+            found[i] = first_seen[key]
+            continue
+        first_seen[key] = i
+        keys = [k for k in s if df[k] <= cap]
+        shared: dict[int, int] = defaultdict(int)
+        for k in keys:
+            for j in postings[k]:
+                shared[j] += 1
+        for j in sorted(shared):
+            inter = shared[j]
+            if inter / (len(s) + len(sets[j]) - inter) >= threshold:
+                found[i] = j
+                break
+        for k in keys:
+            if len(postings[k]) < POSTINGS:
+                postings[k].append(i)
+    return found
 
 
 def _has_op(expr: str) -> bool:

@@ -39,7 +39,7 @@ class Pair:
 def _message_text(value: list, want_role: str, err: Callable[[str], InputError]) -> str:
     """Content of the last message with role `want_role` in a chat-message list."""
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
+        if not (isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)):
             raise err(f"message {i} must be an object with string 'role' and 'content'")
     picked = [m["content"] for m in value if m["role"] == want_role]
     if not picked:

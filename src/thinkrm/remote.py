@@ -99,7 +99,8 @@ class RemoteScorer(Scorer):
                 resp = self._client.post(self.url, json=payload)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
                 if last:
-                    raise ConnectionError(f"cannot reach {self.url} after {attempt + 1} attempts: {e}") from None
+                    raise ConnectionError(
+                        f"cannot reach {self.url} after {attempt + 1} attempts: {e}") from None
                 time.sleep(self.backoff * 2 ** attempt)
                 continue
             except httpx.TimeoutException:
@@ -135,7 +136,8 @@ class RemoteScorer(Scorer):
         except (ValueError, KeyError, TypeError, IndexError) as e:
             import json
 
-            problem = str(e) if isinstance(e, ValueError) else f"unexpected answer shape ({type(e).__name__}: {e})"
+            problem = str(e) if isinstance(e, ValueError) else \
+                f"unexpected answer shape ({type(e).__name__}: {e})"
             raise ServerResponseError(self.url, problem, status=200, body=json.dumps(body)) from None
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:

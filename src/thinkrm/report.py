@@ -49,6 +49,8 @@ class ReportWriter:
         self.structurer = structurer
         self.rows: list[dict[str, Any]] = []
         self.label_counts: dict[str, int] = {}
+        self.label_values: dict[str, Any] = {}  # first value seen per label field
+        self.varying: set[str] = set()  # label fields whose value differs between rows
         self.has_score = False
         self._head, self._tail = _template()
         self.f.write(self._head.replace("__TITLE__", html.escape(title)))
@@ -67,15 +69,22 @@ class ReportWriter:
             if k not in row and _is_label(v):
                 row[k] = v
                 self.label_counts[k] = self.label_counts.get(k, 0) + 1
+                self.label_values.setdefault(k, v)
+                if self.label_values[k] != v:
+                    self.varying.add(k)
         if score is not None:
             row["score"] = score
             self.has_score = True
         self.rows.append(row)
 
     def columns(self) -> list[dict[str, Any]]:
-        """Table columns: id, short label fields that most rows carry (e.g. `correct`), score, size, signals."""
+        """Table columns: id, short label fields that most rows carry (e.g. `correct`), score, size, signals.
+
+        A label with the same value in every row (the model name of a single-model run) only takes space.
+        """
         n = max(1, len(self.rows))
-        labels = sorted((k for k, c in self.label_counts.items() if c >= n / 2), key=lambda k: -self.label_counts[k])
+        labels = sorted((k for k, c in self.label_counts.items() if c >= n / 2 and (k in self.varying or n == 1)),
+                        key=lambda k: -self.label_counts[k])
         cols: list[dict[str, Any]] = [{"key": "id", "label": "id", "type": "text"}]
         cols += [{"key": k, "label": k, "type": "text"} for k in labels[:MAX_LABEL_FIELDS]]
         if self.has_score:
@@ -83,8 +92,9 @@ class ReportWriter:
                          "definition": "reward-model score (higher = better)"})
         cols += [{"key": k, "label": k.replace("supernodes", "super-nodes"), "definition": f"number of {k}"}
                  for k in ("steps", "supernodes", "words")]
-        cols += [{"key": s.name, "label": SHORT.get(s.name, s.name), "dimension": s.dimension, "better": s.better,
-                  "definition": f"{s.dimension.replace('_', '-')}: {s.name}: {s.definition}"} for s in SIGNALS.values()]
+        cols += [{"key": s.name, "label": SHORT.get(s.name, s.name), "dimension": s.dimension,
+                  "definition": f"{s.dimension.replace('_', '-')}: {s.name}: {s.definition}",
+                  **({"better": s.better} if s.better != "neither" else {})} for s in SIGNALS.values()]
         return cols
 
     def finish(self) -> int:

@@ -60,7 +60,8 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and p.get("type", "text") == "text")
     return "" if content is None else str(content)
 
 
@@ -92,7 +93,8 @@ class ThinkingReward:
     __name__ = "thinking_reward"  # the name TRL logs this reward under
 
     def __init__(self, scorer: str | Any = "lite", alpha: float = 0.2, *, timeout: float = 5.0,
-                 workers: int | None = None, gold_columns: Sequence[str] = GOLD_COLUMNS, score_all: bool = False,
+                 workers: int | None = None, gold_columns: Sequence[str] = GOLD_COLUMNS,
+                 score_all: bool = False,
                  scorer_options: dict[str, Any] | Sequence[tuple[str, Any]] | None = None):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -147,13 +149,16 @@ class ThinkingReward:
                 if len(golds) != n:
                     raise ValueError(f"column '{col}' has {len(golds)} values for {n} completions")
                 return [None if g is None else str(g) for g in golds]
-        raise ValueError(f"no gold answer column in the batch: expected one of {', '.join(self.gold_columns)} "
+        raise ValueError("no gold answer column in the batch: expected one of "
+                         f"{', '.join(self.gold_columns)} "
                          f"(dataset columns passed: {', '.join(sorted(kwargs)) or 'none'})")
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
+                 **kwargs: Any) -> list[float | None]:
         """TRL reward function: standard or conversational prompts/completions, gold from a dataset column."""
         golds = self.gold_from(kwargs, len(completions))
-        batch = self.compute([prompt_text(p) for p in prompts], [completion_text(c) for c in completions], golds)
+        batch = self.compute([prompt_text(p) for p in prompts], [completion_text(c) for c in completions],
+                             golds)
         _log(batch, kwargs.get("log_extra"), kwargs.get("log_metric"))
         return batch.rewards
 

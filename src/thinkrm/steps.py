@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .delimiters import Lexicon
 
 MIN_STEP_CHARS = 40  # a shorter fragment ("Hmm.", "A: 26", a lone formula) is not a step on its own
+MIN_LINE_CHARS = 8  # ...but in formula-per-line text a short line ("x = 15 / 3 = 5") is a step
 MAX_STEPS = 1000  # beyond this, neighbouring steps are merged evenly (pathological inputs)
 
 _BLANK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
@@ -34,6 +35,8 @@ _NEWLINE = re.compile(r"\n\s*")
 # bracket/quote; "e.g. this" and "3.14" stay whole.
 _SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9(\[\"'$\\])")
 _PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_WORDS = re.compile(r"[A-Za-z]{2,}")
+_CONTENT = re.compile(r"[\d=\\$^]")  # numbers and mathematics: the piece states something
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,21 @@ def _units(text: str, sep: re.Pattern) -> list[int]:
     return starts
 
 
-def _is_fragment(piece: str) -> bool:
-    """Too small to be a step: short, or a formula with no prose words."""
+def _is_fragment(piece: str, lines: bool) -> bool:
+    """Too small to be a step: short, or (between paragraphs) a formula with no prose words."""
     piece = piece.strip()
+    if lines:
+        return len(piece) < MIN_LINE_CHARS
     if len(piece) < MIN_STEP_CHARS:
         return True
     return len(piece) < 400 and len(_PROSE.findall(piece)) < 2
+
+
+def _is_lead_in(piece: str) -> bool:
+    """A fragment that announces what follows ("Hmm.", "Wait, no.", "Let me check:") rather than stating
+    a result ("So v = 90 km/h.", "A: 26", a formula)."""
+    piece = piece.strip()
+    return piece.endswith(":") or (not _CONTENT.search(piece) and len(_WORDS.findall(piece)) <= 6)
 
 
 def split_steps(text: str, lexicon: Lexicon | None = None) -> list[Step]:
@@ -79,12 +91,13 @@ def split_steps(text: str, lexicon: Lexicon | None = None) -> list[Step]:
     if len(starts) > 1:
         # Paragraph mode: only a delimiter word opens a step.
         bounds = [0] + [s for s in starts[1:] if lexicon.opens_step(body[s:s + 40])]
+        lines = False
     else:
-        starts = _units(body, _NEWLINE)
-        if len(starts) == 1:
-            starts = _units(body, _SENTENCE)
-        bounds = starts
-    bounds = _merge_fragments(body, bounds)
+        bounds = _units(body, _NEWLINE)
+        lines = len(bounds) > 1 and _mostly_formulas(body, bounds)
+        if len(bounds) == 1:
+            bounds = _units(body, _SENTENCE)
+    bounds = _merge_fragments(body, bounds, lines)
     if len(bounds) > MAX_STEPS:
         stride = len(bounds) / MAX_STEPS
         bounds = [bounds[int(i * stride)] for i in range(MAX_STEPS)]
@@ -92,35 +105,35 @@ def split_steps(text: str, lexicon: Lexicon | None = None) -> list[Step]:
     return [Step(i, a, b, text[a:b].strip()) for i, (a, b) in enumerate(zip(offsets, offsets[1:]))]
 
 
-def _merge_fragments(body: str, bounds: list[int]) -> list[int]:
-    """Drop the boundaries around tiny fragments.
+def _mostly_formulas(body: str, bounds: list[int]) -> bool:
+    """Whether most lines lack prose: a derivation written one formula per line, where each line is a step
+    (in prose, a lone formula line belongs to the sentence around it). The first 200 lines decide."""
+    ends = bounds[1:] + [len(body)]
+    sample = list(zip(bounds, ends))[:200]
+    formulas = sum(len(_PROSE.findall(body, a, min(b, a + 400))) < 2 for a, b in sample)
+    return 2 * formulas > len(sample)
 
-    A fragment that opens with a word ("Hmm.", "Wait, no.") introduces what follows, so it joins the next
-    step; any other fragment (a formula, "A: 26") finishes the step before it.
-    """
+
+def _merge_fragments(body: str, bounds: list[int], lines: bool) -> list[int]:
+    """Drop the boundaries around tiny fragments: a lead-in joins the next step, any other fragment
+    finishes the step before it (the first piece, having no step before it, always joins the next)."""
     ends = bounds[1:] + [len(body)]
     kept: list[int] = []
     pending_forward = False  # the previous piece was a lead-in waiting to join this one
     for start, end in zip(bounds, ends):
         piece = body[start:end]
+        fragment = _is_fragment(piece, lines)
         if pending_forward:
-            pending_forward = _is_fragment(piece) and end < len(body)
+            pending_forward = fragment and end < len(body)
             continue
         if not kept:
             kept.append(start)
-            pending_forward = _is_fragment(piece) and end < len(body)
+            pending_forward = fragment and end < len(body)
             continue
-        if _is_fragment(piece):
-            if _opens_with_word(piece) and end < len(body):
+        if fragment:
+            if end < len(body) and _is_lead_in(piece):
                 kept.append(start)
                 pending_forward = True
             continue
         kept.append(start)
     return kept
-
-
-def _opens_with_word(piece: str) -> bool:
-    """A real word, not a one-letter variable ("A = 1/2 * 6 * 8", "x^2 = 4")."""
-    from .delimiters import first_word
-
-    return len(first_word(piece) or "") >= 2

@@ -126,35 +126,37 @@ def get_structurer(spec: str | Any, **options: Any) -> Any:
 
 
 # --- cues ------------------------------------------------------------------------------------------------
-# Matched against the opening of a step (lowercased, markdown stripped). Four kinds, checked in this order:
-# a merge joins branch results; a restart tries a new approach from an earlier point; a correction redoes
-# something that was wrong; a check re-examines an earlier result.
+# Matched against the opening of a step (lowercased, markdown stripped). A merge joins branch results; a
+# restart tries a new approach from an earlier point; a correction redoes something that was wrong; a check
+# re-examines an earlier result; a conclusion ("So", "Therefore") may draw on earlier branches.
 _MERGE_STRONG = re.compile(
-    r"\b(combining|putting (it|this|these|that|everything|them|all)( \w+)? together|in (both|all|either) cases?"
-    r"|either way|both (methods|approaches|ways|cases|results|answers)|comparing|in both|so both|all (three|the) "
-    r"(methods|approaches|cases)|consolidating|together with|from (both|all))\b")
+    r"\b(combining|putting (it|this|these|that|everything|them|all)( \w+)? together"
+    r"|in (both|all|either) cases?|either way|both (methods|approaches|ways|cases|results|answers)|comparing"
+    r"|in both|so both|all (three|the) (methods|approaches|cases)|consolidating|together with"
+    r"|from (both|all))\b")
 _MERGE_WEAK = re.compile(r"(so|therefore|thus|hence|in summary|in conclusion|overall|to summari[sz]e|finally"
                          r"|so the (final )?answer|the final answer)\b")
 _RESTART = re.compile(
     r"(alternatively|another (approach|way|method|idea|strategy)|(let me|let's|let us|i'll|maybe i should|"
     r"maybe we can) (try|use|consider) (a different|another|a new|an alternative|instead)|instead\b|let me "
-    r"(start over|think again|try again|approach this differently|reconsider)|let's (start over|approach)|on second "
-    r"thought|let me think differently|maybe there'?s (a|another) (better|simpler|different))")
+    r"(start over|think again|try again|approach this differently|reconsider)|let's (start over|approach)"
+    r"|on second thought|let me think differently|maybe there'?s (a|another) (better|simpler|different))")
 _CORRECT = re.compile(
     r"(wait|no[,.!]|no\b,? (that|this|it)|actually|hold on|oops|but wait|that('s| is| was) (wrong|not right|"
     r"incorrect|a mistake)|i made (a|an) (mistake|error)|that can'?t be (right|correct)|oh[,!])")
 _CHECK = re.compile(
-    r"(hmm|let me (check|verify|double[- ]?check|re-?examine|recheck|confirm|re-?calculate|recompute|make sure|"
-    r"re-?verify|see if|test)|let's (check|verify|double[- ]?check|confirm|make sure)|to (verify|check|confirm)|"
-    r"check(ing)?\b|verif(y|ying|ication)\b|double[- ]?check|but let me)")
-_INTERJECTION = re.compile(r"(wait|hmm+|hold on|but wait|well|ok|okay|oh)\b[\s,.!:;-]*(?:(?:wait|hmm+|but)\b[\s,.!:;-]*)*")
+    r"(hmm|let me (check|verify|double[- ]?check|re-?examine|recheck|confirm|re-?calculate|recompute"
+    r"|make sure|re-?verify|see if|test)|let's (check|verify|double[- ]?check|confirm|make sure)"
+    r"|to (verify|check|confirm)|check(ing)?\b|verif(y|ying|ication)\b|double[- ]?check|but let me)")
+_INTERJECTION = re.compile(
+    r"(wait|hmm+|hold on|but wait|well|ok|okay|oh)\b[\s,.!:;-]*(?:(?:wait|hmm+|but)\b[\s,.!:;-]*)*")
 _QUESTION = re.compile(r"[^.!?\n]{0,100}\?")
-_DECORATION = re.compile(r"[\s*#>_\-•\"'“(\[]+")
+_DECORATION = re.compile(r"[\s*#>_•\"“”(\[]+")  # hyphens and apostrophes stay: "re-examine", "let's"
 
 
 def cue_of(text: str) -> str | None:
     """The kind of discourse cue a step opens with: 'merge', 'conclude', 'restart', 'correct', 'check'."""
-    head = _DECORATION.sub(" ", text[:120]).strip().lower()
+    head = _DECORATION.sub(" ", text[:120]).strip(" -").lower()
     if _MERGE_STRONG.search(head, 0, 60):  # "So, in both cases", "Therefore, combining": anywhere early
         return "merge"
     # "Wait, let me check" is a check and "Hmm, no, that's wrong" a correction: an interjection says only
@@ -178,9 +180,9 @@ _TOKEN = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]{3,}")
 _STOP = frozenset(
     "the and for that this with from are was were which then than have has had not but can will would should "
     "could let lets let's we our you your its it's they them there their what when where how why also into "
-    "more most some such only just very each both any all one two get got use using used now since because so "
-    "thus therefore hence wait hmm okay yes maybe perhaps actually alternatively check verify think need make "
-    "sure again right same value find given equal equals means step first second next".split())
+    "more most some such only just very each both any all one two get got use using used now since because "
+    "so thus therefore hence wait hmm okay yes maybe perhaps actually alternatively check verify think need "
+    "make sure again right same value find given equal equals means step first second next".split())
 _HEAD_CHARS = 400  # the opening of a step says what it is about
 _BODY_CHARS = 1500  # a candidate target is represented by its head and tail (where its result is)
 
@@ -222,9 +224,11 @@ class CueStructurer:
       one, not counting the tip; with no clear match, to the last branching point (else the root);
     - correct ("Wait", "No,", "Actually"): backtrack to the step being corrected; when that is the tip,
       to the tip's parent, so the wrong step becomes a dead end;
-    - check ("Let me verify", "Hmm"): backtrack to the checked step if it is not the tip, else continue;
+    - check ("Let me verify", "Hmm"): continue when it checks the tip (the tip is at least half as similar
+      as the best match), else backtrack to the checked step;
     - merge ("Combining", "In both cases") / conclude ("So", "Therefore"): merge the tip with the open
-      leaves this step draws on (a conclusion needs clearer evidence); with none, continue.
+      leaves this step draws on; a conclusion needs clearer evidence: a higher similarity, and at least
+      that to the tip (it must use the leaf as much as the branch it continues); with none, continue.
 
     Subclasses define `similarities(step_id, candidate_ids)`.
     """
@@ -234,6 +238,7 @@ class CueStructurer:
     merge_similarity = 0.2
     conclude_similarity = 0.35
     max_merge_leaves = 3
+    check_tip_share = 0.5  # a check stays on the tip when the tip is at least this share as similar
 
     def start(self, steps: Sequence[Step], *, prompt: str = "") -> None:
         raise NotImplementedError
@@ -257,9 +262,12 @@ class CueStructurer:
             if sims[earlier] >= self.min_similarity:
                 return Proposal("backtrack", (window[earlier],), reason=kind)
             return Proposal("backtrack", (self._branch_point(view),), reason=kind)
+        tip_related = sims[-1] >= self.check_tip_share * sims[best]
+        if kind == "check" and (sims[best] < self.min_similarity or tip_related):
+            # checking the current result (substituting x = 5 back into the equation reads like the
+            # equation too) moves on; only a check clearly about an earlier step goes back to it
+            return Proposal("continue", reason=kind)
         if best == len(window) - 1 or sims[best] < self.min_similarity:
-            if kind == "check":
-                return Proposal("continue", reason=kind)
             return Proposal("backtrack", (window[-2],), reason=kind)
         return Proposal("backtrack", (window[best],), reason=kind)
 
@@ -267,8 +275,11 @@ class CueStructurer:
         if not view.open_leaves:
             return Proposal("continue", reason=kind)
         leaves = [s.id for s in view.open_leaves]
-        sims = self.similarities(view.step.id, leaves)
-        need = self.merge_similarity if kind == "merge" else self.conclude_similarity
+        *sims, tip_sim = self.similarities(view.step.id, leaves + [view.tip.id])
+        if kind == "merge":
+            need = self.merge_similarity
+        else:  # a plain "So" must draw on the leaf at least as much as on the branch it continues
+            need = max(self.conclude_similarity, tip_sim)
         chosen = sorted((i for i in range(len(leaves)) if sims[i] >= need), key=lambda i: -sims[i])
         if not chosen:
             return Proposal("continue", reason=kind)

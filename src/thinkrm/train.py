@@ -6,8 +6,8 @@ the trained model score the way thinkrm will later use it:
 
 * pairs are validated once up front (`thinkrm.pairs`), bad ones counted and reported, never a crash mid-run;
 * each side is encoded with thinkrm's own input format and truncation policy, then handed to TRL already
-  tokenised (`chosen_ids` / `rejected_ids`), so TRL appends no EOS and applies no chat template behind our back:
-  the model trains on exactly the token ids that `hf:` scoring, the server and RL will show it;
+  tokenised (`chosen_ids` / `rejected_ids`), so TRL appends no EOS and applies no chat template behind our
+  back: the model trains on exactly the token ids that `hf:` scoring, the server and RL will show it;
 * the tokenizer gets a real pad token distinct from EOS (the classifier reads the score at the last non-pad
   token, so padding with EOS would hide a trailing EOS);
 * the output is one plain one-label sequence-classification checkpoint (LoRA merged in) that transformers,
@@ -39,59 +39,63 @@ CHECKPOINTS = "checkpoints"
 PAD_TOKEN = "<|thinkrm_pad|>"
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A config field whose help text is also its CLI flag's help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything `thinkrm train` accepts; each field is also a CLI flag (`output_dir` -> `--output-dir`)."""
 
-    pairs: str = field(default="", metadata={"help": "Preference pairs (JSONL or JSON list, TRL format)."})
-    output_dir: str = field(default="", metadata={"help": "Where the trained checkpoint is written."})
-    base: str = field(default="", metadata={"help": "Base model, 'hf:MODEL_ID_OR_PATH' (a causal LM or a classifier)."})
-    preset: str | None = field(default=None, metadata={"help": "Named recipe: trm-8b (the paper's) or cpu-debug."})
-    input_format: str = field(default="plain", metadata={
-        "help": "'plain' = prompt + newline + reasoning (as TRM-8B is served); 'chat' = the tokenizer's chat template."})
-    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={
-        "help": "Max tokens per side; longer inputs keep the prompt and the end of the reasoning (see docs)."})
-    over_length: str = field(default="truncate", metadata={
-        "help": "Sides over --max-length: 'truncate' (counted in the report) or 'skip' the pair."})
+    pairs: str = _opt("", "Preference pairs (JSONL or JSON list, TRL format).")
+    output_dir: str = _opt("", "Where the trained checkpoint is written.")
+    base: str = _opt("", "Base model, 'hf:MODEL_ID_OR_PATH' (a causal LM or a classifier).")
+    preset: str | None = _opt(None, "Named recipe: trm-8b (the paper's) or cpu-debug.")
+    input_format: str = _opt("plain", "'plain' = prompt + newline + reasoning (as TRM-8B is served); "
+                                      "'chat' = the tokenizer's chat template.")
+    max_length: int = _opt(DEFAULT_MAX_LENGTH, "Max tokens per side; longer inputs keep the prompt and the "
+                                               "end of the reasoning (see docs).")
+    over_length: str = _opt("truncate", "Sides over --max-length: 'truncate' (counted in the report) or "
+                                        "'skip' the pair.")
     # optimisation
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
-    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)."})
-    batch_size: int = field(default=8, metadata={
-        "help": "Effective (global) batch in pairs; gradient accumulation is derived from it and the GPU count."})
-    per_device_batch_size: int = field(default=8, metadata={"help": "Pairs per device per forward pass."})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, ...)."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps spent warming up, in [0, 1)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    center_rewards_coefficient: float | None = field(default=None, metadata={
-        "help": "Reward centering: adds coef * mean((r_c + r_r)^2) to keep scores near zero."})
-    use_margin: bool = field(default=True, metadata={"help": "Subtract each pair's 'margin' inside the sigmoid."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (fp32 master weights)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
-    seed: int = field(default=0, metadata={"help": "Seeds the head init, the eval split and data order."})
+    learning_rate: float = _opt(1e-5, "Peak learning rate (AdamW).")
+    num_epochs: float = _opt(1.0, "Passes over the training pairs.")
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = _opt(8, "Effective (global) batch in pairs; gradient accumulation is derived from it "
+                              "and the GPU count.")
+    per_device_batch_size: int = _opt(8, "Pairs per device per forward pass.")
+    lr_scheduler: str = _opt("cosine", "transformers scheduler name (cosine, linear, ...).")
+    warmup_ratio: float = _opt(0.03, "Fraction of steps spent warming up, in [0, 1).")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    center_rewards_coefficient: float | None = _opt(None, "Reward centering: adds coef * mean((r_c + r_r)^2) "
+                                                          "to keep scores near zero.")
+    use_margin: bool = _opt(True, "Subtract each pair's 'margin' inside the sigmoid.")
+    bf16: bool = _opt(False, "bfloat16 mixed precision (fp32 master weights).")
+    gradient_checkpointing: bool = _opt(False, "Trade compute for activation memory.")
+    seed: int = _opt(0, "Seeds the head init, the eval split and data order.")
     # LoRA
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (score head fully trainable), merged at save."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default="all-linear", metadata={
-        "help": "Comma-separated module names, or 'all-linear'."})
+    lora: bool = _opt(False, "Train LoRA adapters (score head fully trainable), merged at save.")
+    lora_r: int = _opt(16, "LoRA rank.")
+    lora_alpha: int = _opt(32, "LoRA alpha.")
+    lora_dropout: float = _opt(0.05, "LoRA dropout.")
+    lora_target_modules: str = _opt("all-linear", "Comma-separated module names, or 'all-linear'.")
     # evaluation and checkpoints
-    eval_pairs: str | None = field(default=None, metadata={"help": "Held-out pairs file (instead of --eval-fraction)."})
-    eval_fraction: float = field(default=0.0, metadata={
-        "help": "Hold out this fraction of prompts (all pairs of a prompt go to one side) for evaluation."})
-    eval_steps: int = field(default=50, metadata={"help": "Evaluate pairwise accuracy every N optimizer steps."})
-    keep_best: bool = field(default=True, metadata={
-        "help": "With evaluation: save the checkpoint with the best eval accuracy, not the last."})
-    save_steps: int = field(default=500, metadata={"help": "Resumable checkpoint every N steps (without eval)."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in OUTPUT_DIR/checkpoints."})
-    keep_checkpoints: bool = field(default=False, metadata={
-        "help": "Keep OUTPUT_DIR/checkpoints after a successful run (deleted by default)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss/accuracy every N steps."})
-    dtype: str = field(default="float32", metadata={
-        "help": "Weights dtype while training (float32 keeps tiny updates like lr 1e-6 from vanishing)."})
-    save_dtype: str | None = field(default=None, metadata={"help": "Cast the saved checkpoint (e.g. bfloat16)."})
-    report_to: str = field(default="none", metadata={"help": "Experiment tracker(s): none, wandb, tensorboard, ..."})
+    eval_pairs: str | None = _opt(None, "Held-out pairs file (instead of --eval-fraction).")
+    eval_fraction: float = _opt(0.0, "Hold out this fraction of prompts (all pairs of a prompt go to one "
+                                     "side) for evaluation.")
+    eval_steps: int = _opt(50, "Evaluate pairwise accuracy every N optimizer steps.")
+    keep_best: bool = _opt(True, "With evaluation: save the checkpoint with the best eval accuracy, not the "
+                                 "last.")
+    save_steps: int = _opt(500, "Resumable checkpoint every N steps (without eval).")
+    resume: bool = _opt(False, "Continue from the last checkpoint in OUTPUT_DIR/checkpoints.")
+    keep_checkpoints: bool = _opt(False, "Keep OUTPUT_DIR/checkpoints after a successful run (deleted by "
+                                         "default).")
+    logging_steps: int = _opt(10, "Log loss/accuracy every N steps.")
+    dtype: str = _opt("float32", "Weights dtype while training (float32 keeps tiny updates like lr 1e-6 from "
+                                 "vanishing).")
+    save_dtype: str | None = _opt(None, "Cast the saved checkpoint (e.g. bfloat16).")
+    report_to: str = _opt("none", "Experiment tracker(s): none, wandb, tensorboard, ...")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -104,9 +108,9 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's TRM-8B recipe. 192 pairs per optimizer step on any number of GPUs (accumulation adapts).
     "trm-8b": dict(base="hf:meta-llama/Llama-3.1-8B-Instruct", batch_size=192, per_device_batch_size=1,
-                   learning_rate=1e-6, num_epochs=1.0, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=1e-3,
-                   center_rewards_coefficient=0.001, max_length=8192, bf16=True, gradient_checkpointing=True,
-                   save_dtype="bfloat16"),
+                   learning_rate=1e-6, num_epochs=1.0, lr_scheduler="cosine", warmup_ratio=0.03,
+                   weight_decay=1e-3, center_rewards_coefficient=0.001, max_length=8192, bf16=True,
+                   gradient_checkpointing=True, save_dtype="bfloat16"),
     # A few minutes on a laptop CPU with a small base: checks the pipeline end to end, not a recipe.
     "cpu-debug": dict(batch_size=8, per_device_batch_size=8, learning_rate=1e-4, num_epochs=1.0,
                       lr_scheduler="linear", warmup_ratio=0.0, max_length=1024, bf16=False,
@@ -116,7 +120,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class TrainReport:
-    """What happened: data accounting, the loss curve's ends, eval accuracy, throughput. Saved as train_report.json."""
+    """What happened: data accounting, loss, eval accuracy, throughput. Saved as train_report.json."""
 
     output_dir: str
     rows_read: int = 0
@@ -153,7 +157,7 @@ class _Encoded:
 
 def _encode_pairs(pairs: list[Pair], encoder: InputEncoder, with_margin: bool, config: TrainConfig,
                   report: TrainReport, note_bad) -> _Encoded:
-    """Token ids per side from thinkrm's one encoder (format + truncation policy), as scoring will see them."""
+    """Token ids per side from thinkrm's one encoder (format + truncation policy), as scoring sees them."""
     rows, prompts = [], []
     chosen_all = encoder.encode_batch([(p.prompt, p.chosen) for p in pairs])
     rejected_all = encoder.encode_batch([(p.prompt, p.rejected) for p in pairs])
@@ -163,8 +167,9 @@ def _encode_pairs(pairs: list[Pair], encoder: InputEncoder, with_margin: bool, c
                                 field="chosen" if cut_c else "rejected"), p)
             continue
         if chosen == rejected:
-            # Two different traces can agree on everything that survives truncation; such a pair has no signal.
-            note_bad(InputError("identical to 'chosen' after truncation to --max-length", field="rejected"), p)
+            # Two different traces can agree on all that survives truncation; such a pair has no signal.
+            same = InputError("identical to 'chosen' after truncation to --max-length", field="rejected")
+            note_bad(same, p)
             continue
         report.truncated_sides += cut_c + cut_r
         row = {"chosen_ids": chosen, "rejected_ids": rejected}
@@ -254,9 +259,10 @@ def _lora_config(config: TrainConfig):
     from peft import LoraConfig, TaskType
 
     targets = config.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",")]
     return LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout,
-                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                      lora_dropout=config.lora_dropout, target_modules=targets,
                       # The head starts random: it must be trained in full, not through a low-rank update.
                       modules_to_save=["score"])
 
@@ -280,7 +286,8 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         per_device_eval_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.batch_size // per_step,
         learning_rate=config.learning_rate, num_train_epochs=config.num_epochs, max_steps=config.max_steps,
-        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler, weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # transformers reads a value below 1 as a ratio
         center_rewards_coefficient=config.center_rewards_coefficient,
         bf16=config.bf16, activation_checkpointing=config.gradient_checkpointing,
         # Already encoded and truncated by thinkrm; TRL's own filter would drop long pairs silently.
@@ -289,8 +296,10 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         # keep-best needs a checkpoint at every evaluation; otherwise checkpoints exist only for --resume.
         save_strategy="steps", save_steps=config.eval_steps if keep_best else config.save_steps,
         save_total_limit=1 if keep_best else 2, load_best_model_at_end=keep_best,
-        metric_for_best_model="eval_accuracy" if keep_best else None, greater_is_better=True if keep_best else None,
-        logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed, report_to=config.report_to,
+        metric_for_best_model="eval_accuracy" if keep_best else None,
+        greater_is_better=True if keep_best else None,
+        logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed,
+        report_to=config.report_to,
     )
 
 
@@ -303,7 +312,8 @@ def _validate(config: TrainConfig) -> None:
     if not config.output_dir:
         raise ValueError("no output directory: pass -o DIR")
     if config.input_format not in INPUT_FORMATS:
-        raise ValueError(f"--input-format {config.input_format!r}: expected one of {', '.join(INPUT_FORMATS)}")
+        raise ValueError(f"--input-format {config.input_format!r}: expected one of "
+                         f"{', '.join(INPUT_FORMATS)}")
     if config.over_length not in ("truncate", "skip"):
         raise ValueError(f"--over-length {config.over_length!r}: expected 'truncate' or 'skip'")
     if not 0.0 <= config.warmup_ratio < 1.0:
@@ -356,8 +366,9 @@ def train(config: TrainConfig) -> TrainReport:
         train_rows, eval_rows = enc.rows, []
     report.bad_pairs = dict(bad)
     if not train_rows:
-        raise InputError(f"no usable training pairs ({report.bad_total} bad; first: "
-                         f"{report.bad_examples[0] if report.bad_examples else 'file is empty'})", file=config.pairs)
+        first = report.bad_examples[0] if report.bad_examples else "file is empty"
+        raise InputError(f"no usable training pairs ({report.bad_total} bad; first: {first})",
+                         file=config.pairs)
     if (config.eval_fraction or config.eval_pairs) and not eval_rows:
         raise InputError("the evaluation split is empty; raise --eval-fraction or check --eval-pairs",
                          file=config.eval_pairs or config.pairs)
@@ -365,15 +376,16 @@ def train(config: TrainConfig) -> TrainReport:
 
     args = _reward_config(config, has_eval=bool(eval_rows))
     if config.lora and _sharded_launch(args):
-        raise ValueError("--lora is merged into a plain checkpoint on one process, which needs unsharded weights: "
-                         "use it with configs/accelerate/ddp.yaml (ZeRO-3 / FSDP2 are for full fine-tuning)")
+        raise ValueError("--lora is merged into a plain checkpoint on one process, which needs unsharded "
+                         "weights: use it with configs/accelerate/ddp.yaml (ZeRO-3 / FSDP2 are for full "
+                         "fine-tuning)")
     # The head is initialised at load time: seed first so a run is reproducible.
     set_seed(config.seed)
     model = _load_model(config, tokenizer)
     trainer = _make_trainer(config, args, model, tokenizer, train_rows, eval_rows)
     if trainer.accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        # The sidecar marks a complete checkpoint; a stale one must not vouch for files we are about to replace.
+        # The sidecar marks a complete checkpoint; a stale one must not vouch for files about to be replaced.
         (out / SIDECAR).unlink(missing_ok=True)
 
     resume = config.resume and _last_checkpoint(out / CHECKPOINTS) is not None
@@ -400,7 +412,8 @@ def _make_trainer(config: TrainConfig, args, model, tokenizer, train_rows: list[
 
     return RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                         processing_class=tokenizer, peft_config=_lora_config(config) if config.lora else None)
+                         processing_class=tokenizer,
+                         peft_config=_lora_config(config) if config.lora else None)
 
 
 def _last_checkpoint(path: Path) -> str | None:
@@ -412,15 +425,18 @@ def _last_checkpoint(path: Path) -> str | None:
 def _fill_report(report: TrainReport, trainer, result) -> None:
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
-    evals = [h for h in history if "eval_accuracy" in h]
+    # Step 0 is the evaluation before training; keep-best only ever chose among later ones.
+    evals = [h for h in history if "eval_accuracy" in h and h["step"] > 0]
     report.steps = trainer.state.global_step
     report.train_loss = result.training_loss
     report.first_loss = losses[0] if losses else None
     report.last_loss = losses[-1] if losses else None
     if evals:
-        best = max(evals, key=lambda h: h["eval_accuracy"]) if trainer.args.load_best_model_at_end else evals[-1]
+        best = evals[-1]
+        if trainer.args.load_best_model_at_end:  # max() keeps the earliest of equals, as keep-best does
+            best = max(evals, key=lambda h: h["eval_accuracy"])
         report.eval_accuracy, report.best_step = best["eval_accuracy"], best["step"]
-    # TRL's own count (non-padding tokens, gathered over processes); it is not in the log between logging steps.
+    # TRL's own count (non-padding tokens, gathered over processes); the log has it only at logging steps.
     report.train_tokens = int(trainer._total_train_tokens)
     runtime = result.metrics.get("train_runtime") or report.train_seconds
     report.tokens_per_second = report.train_tokens / runtime if runtime else 0.0
@@ -446,8 +462,14 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
+    new = {f.name for f in tmp.iterdir()}
+    for f in out.iterdir():
+        # Weights of an earlier run in the same folder (other shards, an index) would mix with the new ones.
+        stale_weights = f.suffix in (".safetensors", ".bin") or f.name.endswith(".index.json")
+        if f.is_file() and f.name not in new and stale_weights:
+            f.unlink()
+    for name in new:
+        os.replace(tmp / name, out / name)
     tmp.rmdir()
     write_json(out / REPORT, _report_dict(report))
     write_json(out / SIDECAR, {
@@ -478,7 +500,7 @@ def _report_dict(report: TrainReport) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m thinkrm.train` (and `accelerate launch -m thinkrm.train`): the same flags as `thinkrm train`."""
+    """`python -m thinkrm.train` (and `accelerate launch -m thinkrm.train`): the flags of `thinkrm train`."""
     from .cli.train import standalone_app
 
     standalone_app()(args=argv)

@@ -168,7 +168,7 @@ def _same_local(a: str | None, b: str | None, timeout: float | None) -> bool:
 
 def _classes_local(answers: Sequence[str | None], timeout: float | None) -> list[int | None]:
     """Group answers into equivalence classes: each answer joins the first class whose representative it
-    matches; None (no answer) gets no class. Quadratic in the number of classes, which is small per problem."""
+    matches; None (no answer) gets no class. Quadratic in the number of classes, small per problem."""
     reps: list[str] = []
     out: list[int | None] = []
     for a in answers:

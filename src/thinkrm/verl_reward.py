@@ -46,14 +46,24 @@ def _gold(ground_truth: Any) -> str:
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  *, reward_router_address: str | None = None, scorer: str | None = None, alpha: float = 0.2,
-                  router_engine: str = "sglang", timeout: float = 5.0, **kwargs: Any) -> dict[str, float]:
-    """`{"score": gated reward, "r_v": 0/1 verifier result, "r_t": raw thinking score}` for one sample."""
+                  *, reward_router_address: str | None = None, scorer: str | None = None,
+                  alpha: float | None = None, router_engine: str | None = None, timeout: float = 5.0,
+                  **kwargs: Any) -> dict[str, float]:
+    """`{"score": gated reward, "r_v": 0/1 verifier result, "r_t": raw thinking score}` for one sample.
+
+    Options not given as arguments come from $THINKRM_SCORER, $THINKRM_ALPHA and $THINKRM_ROUTER_ENGINE,
+    for verl versions where reward kwargs cannot be set from the config.
+    """
+    alpha = float(os.environ.get("THINKRM_ALPHA", "0.2")) if alpha is None else float(alpha)
+    router_engine = router_engine or os.environ.get("THINKRM_ROUTER_ENGINE") or "sglang"
     options: dict[str, Any] = {"timeout": timeout, "score_all": True}
     if reward_router_address:
         if router_engine not in ROUTER_ENGINES:
-            raise ValueError(f"router_engine must be one of {', '.join(ROUTER_ENGINES)}, got {router_engine!r}")
-        address = reward_router_address if "://" in reward_router_address else "http://" + reward_router_address
+            raise ValueError(f"router_engine must be one of {', '.join(ROUTER_ENGINES)}, "
+                             f"got {router_engine!r}")
+        address = reward_router_address
+        if "://" not in address:  # verl passes host:port
+            address = "http://" + address
         spec = f"{router_engine}:{address}"
         if kwargs.get("reward_model_path"):
             options["scorer_options"] = (("model", kwargs["reward_model_path"]),)
@@ -67,4 +77,5 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
 async def compute_score_async(data_source: str, solution_str: str, ground_truth: Any,
                               extra_info: dict | None = None, **kwargs: Any) -> dict[str, float]:
     """`compute_score` as a coroutine (verl's reward loop awaits async reward functions directly)."""
-    return await asyncio.to_thread(compute_score, data_source, solution_str, ground_truth, extra_info, **kwargs)
+    return await asyncio.to_thread(compute_score, data_source, solution_str, ground_truth, extra_info,
+                                   **kwargs)

@@ -60,7 +60,7 @@ def table(result: dict[str, Any]):
     t.add_column("method")
     for n in result["ns"]:
         t.add_column(f"N={n}", justify="right")
-    rows = [(n, s) for n, s in result["strategies"].items()] + [(n, s) for n, s in result["baselines"].items()]
+    rows = [*result["strategies"].items(), *result["baselines"].items()]
     for i, (name, stats) in enumerate(rows):
         cells = []
         for n in result["ns"]:
@@ -77,11 +77,14 @@ def register(app: typer.Typer) -> None:
                                           "correct and/or gold."),
         scorer: str = typer.Option("lite", help="Scorer spec: lite, hf:DIR, length, random[:SEED], vllm:URL, "
                                    "sglang:URL, openrlhf:URL, thinkrm:URL."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output directory (bon.json, bon.png, score cache)."),
-        n: str = typer.Option("1,2,4,8,16", "--n", help="Values of N, comma-separated (capped at the pool size)."),
+        out: Path = typer.Option(..., "-o", "--out",
+                                 help="Output directory (bon.json, bon.png, score cache)."),
+        n: str = typer.Option("1,2,4,8,16", "--n",
+                              help="Values of N, comma-separated (capped at the pool size)."),
         repeats: int = typer.Option(5, help="Random subsets of N per problem to average over."),
         strategies: str = typer.Option("argmax,vote,weighted-vote", help="Selection rules, comma-separated."),
-        temperature: float = typer.Option(1.0, help="Softmax temperature of weighted-vote."),
+        temperature: str = typer.Option("auto", help="Softmax temperature of weighted-vote: a number, or "
+                                        "'auto' (the standard deviation of all scores)."),
         seed: int = typer.Option(0, help="Seed of the random subsets."),
         verify_timeout: float = typer.Option(5.0, help="Seconds per answer check before it counts as wrong."),
         workers: int | None = typer.Option(None, help="Verifier processes (default: min(4, CPUs))."),
@@ -99,6 +102,12 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             ns = _parse_list(n, "n", int)
+            if temperature != "auto":
+                try:
+                    temperature = float(temperature)
+                except ValueError:
+                    raise ValueError(f"--temperature: expected a number or 'auto', "
+                                     f"got {temperature!r}") from None
             rules = _parse_list(strategies, "strategies")
             cands = load_candidates(candidates)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

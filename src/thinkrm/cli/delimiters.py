@@ -8,21 +8,22 @@ import typer
 
 from .common import console, progress, user_errors
 
-delimiters_app = typer.Typer(no_args_is_help=True, help="Step delimiter lexicons (which words open a new step).")
+delimiters_app = typer.Typer(no_args_is_help=True,
+                             help="Step delimiter lexicons (which words open a new step).")
 
 
 @delimiters_app.command("mine")
 def mine(
-    files: list[Path] = typer.Argument(..., help="Trace files (JSONL or JSON list; same fields as `analyze`)."),
+    files: list[Path] = typer.Argument(..., help="Trace files (JSONL or JSON list, as for `analyze`)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the lexicon JSON."),
     top: int = typer.Option(40, "--top", min=1, help="Keep at most this many words."),
-    min_segments: int = typer.Option(8, help="Only traces with at least this many blank-line paragraphs count."),
+    min_segments: int = typer.Option(8, help="Only traces with this many blank-line paragraphs count."),
     min_ratio: float = typer.Option(0.3, min=0.0, max=1.0,
                                     help="Share of a word's occurrences that must open a paragraph."),
     min_trace_share: float = typer.Option(0.02, min=0.0, max=1.0,
                                           help="Share of counted traces a word must open a paragraph in."),
-    field: str = typer.Option("", help="Read the text from this field when a row has it (e.g. PRMBench 'chosen'); "
-                                         "other rows are read as traces."),
+    field: str = typer.Option("", help="Read the text from this field when a row has it (e.g. PRMBench "
+                                         "'chosen'); other rows are read as traces."),
     rows: int = typer.Option(30, min=0, help="Rows of the frequency table to print (0: none)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Report and skip malformed rows."),
 ) -> None:
@@ -46,7 +47,8 @@ def mine(
                                              line=line, field=field)
                         yield rec[field]
                     else:
-                        yield trace_from_record(rec, default_id=str(line), file=str(path), line=line).reasoning
+                        trace = trace_from_record(rec, default_id=str(line), file=str(path), line=line)
+                        yield trace.reasoning
                 except InputError as e:
                     if not skip_bad:
                         raise
@@ -70,8 +72,8 @@ def mine(
         if rows > 0:
             Console().print(table)  # the table is the output (stdout); progress and messages go to stderr
         result.lexicon.save(output)
-        console.print(f"wrote {len(result.lexicon)} delimiters to {output}: "
-                      + ", ".join(sorted(result.lexicon.words, key=lambda w: -result.starts[w])), highlight=False)
+        words = sorted(result.lexicon.words, key=lambda w: -result.starts[w])
+        console.print(f"wrote {len(words)} delimiters to {output}: " + ", ".join(words), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,8 @@ import typer
 
 from .common import console, progress, user_errors
 
-SCORE_CHUNK = 128  # traces per scorer call: enough for batching and concurrency; at most this much redone on resume
+# Traces per scorer call: enough for batching and request concurrency; at most this much is redone on resume.
+SCORE_CHUNK = 128
 
 
 @dataclass
@@ -30,8 +31,8 @@ def scorer_options(batch_size: int | None = None, device: str | None = None, dty
     return {k: v for k, v in given.items() if v is not None}
 
 
-def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool = False, skip_bad: bool = False,
-              show_progress: bool = True, **options: Any) -> ScoreResult:
+def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool = False,
+              skip_bad: bool = False, show_progress: bool = True, **options: Any) -> ScoreResult:
     """Stream `traces` into `out` with a `score` field added to each row, resumable by `id`.
 
     Rows are written as they are scored (one flushed line each), so a killed run keeps its work and
@@ -77,14 +78,17 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
             def flush() -> None:
                 scores = scorer_obj.score([Item(t.prompt, t.reasoning) for t, _ in batch])
                 if len(scores) != len(batch):
-                    raise ValueError(f"scorer {scorer_obj.spec!r} returned {len(scores)} scores for {len(batch)} items")
+                    raise ValueError(f"scorer {scorer_obj.spec!r} returned {len(scores)} scores "
+                                     f"for {len(batch)} items")
                 for (trace, rec), s in zip(batch, scores):
                     store.add({**rec, "id": rec.get("id", trace.id), "score": s})
                 result.scored += len(batch)
                 batch.clear()
 
             stream = rows()
-            for trace, rec in (progress(stream, "scoring", total=_count_lines(traces)) if show_progress else stream):
+            if show_progress:
+                stream = progress(stream, "scoring", total=_count_lines(traces))
+            for trace, rec in stream:
                 if trace.id in store:
                     result.resumed += 1
                     continue
@@ -117,7 +121,8 @@ def run_eval_pairs(pairs: str | Path, out_dir: str | Path, scorer: str, *, lengt
     scorer_obj = load_scorer(scorer, **options)
     try:
         with atomic_write(out_dir / "outputs.jsonl") as f:
-            wrap = (lambda stream: progress(stream, "pairs", total=_count_lines(pairs))) if show_progress else None
+            total = _count_lines(pairs)
+            wrap = (lambda stream: progress(stream, "pairs", total=total)) if show_progress else None
             results = evaluate_pairs(pairs, scorer_obj, length_tolerance=length_tolerance, progress=wrap,
                                      on_pair=lambda row: f.write(dumps(row) + "\n"))
         results["input"] = str(pairs)
@@ -147,7 +152,8 @@ def print_eval(results: dict[str, Any]) -> None:
     err, out = console, Console()  # results go to stdout; messages stay on stderr
     base = results["baselines"]["length"]
     table = Table(title=f"pairwise accuracy · {results['input']}", title_justify="left")
-    for col in ("scorer", "accuracy", "pairs", "ties", f"length-matched (±{results['length_matched']['tolerance']:.0%})"):
+    matched = f"length-matched (±{results['length_matched']['tolerance']:.0%})"
+    for col in ("scorer", "accuracy", "pairs", "ties", matched):
         table.add_column(col, justify="left" if col == "scorer" else "right")
     for name, r in ((results["scorer"], results), ("length (baseline)", base)):
         lm = r["length_matched"]
@@ -159,7 +165,8 @@ def print_eval(results: dict[str, Any]) -> None:
         for col in ("kind", "pairs", results["scorer"], "length"):
             kinds.add_column(col, justify="left" if col == "kind" else "right")
         for kind, r in results["per_kind"].items():
-            kinds.add_row(kind, str(r["num_pairs"]), _pct(r["accuracy"]), _pct(base["per_kind"][kind]["accuracy"]))
+            kinds.add_row(kind, str(r["num_pairs"]), _pct(r["accuracy"]),
+                          _pct(base["per_kind"][kind]["accuracy"]))
         out.print(kinds)
     bad = results["bad_rows"]
     if bad["count"]:
@@ -178,15 +185,15 @@ def register(app: typer.Typer) -> None:
     retries_opt = typer.Option(None, min=0, help="Remote scorers: retries on connection errors, 429 and 5xx.")
     key_opt = typer.Option(None, "--api-key", envvar="THINKRM_API_KEY", show_envvar=True,
                            help="Remote scorers: bearer token.")
-    scorer_help = "Scorer spec: hf:PATH, sglang:URL, vllm:URL, openrlhf:URL, thinkrm:URL, length, random, lite."
+    scorer_help = "Scorer: hf:PATH, sglang:URL, vllm:URL, openrlhf:URL, thinkrm:URL, length, random, lite."
 
     @app.command("score")
     def score_cmd(
-        traces: Path = typer.Argument(..., help="Traces (JSONL or JSON list) with prompt + reasoning/response."),
+        traces: Path = typer.Argument(..., help="Traces (JSONL or JSON list): prompt + reasoning/response."),
         scorer: str = typer.Option(..., "--scorer", "-s", help=scorer_help),
         out: Path = typer.Option(..., "-o", "--out", help="Output JSONL: every input row plus `score`."),
-        resume: bool = typer.Option(False, "--resume", help="Keep rows already in the output; score only new ids."),
-        skip_bad: bool = typer.Option(False, "--skip-bad", help="Report and skip malformed rows instead of stopping."),
+        resume: bool = typer.Option(False, "--resume", help="Keep rows already in the output."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Report and skip malformed rows."),
         batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
         dtype: Optional[str] = dtype_opt, timeout: Optional[float] = timeout_opt,
         retries: Optional[int] = retries_opt, api_key: Optional[str] = key_opt,
@@ -195,17 +202,21 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             res = run_score(traces, out, scorer, resume=resume, skip_bad=skip_bad,
                             **scorer_options(batch_size, device, dtype, timeout, retries, api_key))
-        console.print(f"scored {res.scored} rows" + (f", kept {res.resumed} from the earlier run" if res.resumed else "")
-                      + (f", skipped {len(res.skipped)} bad rows" if res.skipped else "")
-                      + (f", {res.truncated} truncated to max length" if res.truncated else "") + f" -> {out}",
-                      highlight=False)
+        parts = [f"scored {res.scored} rows"]
+        if res.resumed:
+            parts.append(f"kept {res.resumed} from the earlier run")
+        if res.skipped:
+            parts.append(f"skipped {len(res.skipped)} bad rows")
+        if res.truncated:
+            parts.append(f"{res.truncated} truncated to max length")
+        console.print(", ".join(parts) + f" -> {out}", highlight=False)
 
     @app.command("eval-pairs")
     def eval_pairs_cmd(
-        pairs: Path = typer.Argument(..., help="Preference pairs (prompt, chosen, rejected; optional kind, margin)."),
+        pairs: Path = typer.Argument(..., help="Pairs: prompt, chosen, rejected [, kind, margin]."),
         scorer: str = typer.Option(..., "--scorer", "-s", help=scorer_help),
-        out: Path = typer.Option(..., "-o", "--out", help="Output directory: results.json and outputs.jsonl."),
-        length_tolerance: float = typer.Option(0.10, help="Relative length difference for length-matched pairs."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output directory: results.json, outputs.jsonl."),
+        length_tolerance: float = typer.Option(0.10, help="Max relative length gap of length-matched pairs."),
         batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
         dtype: Optional[str] = dtype_opt, timeout: Optional[float] = timeout_opt,
         retries: Optional[int] = retries_opt, api_key: Optional[str] = key_opt,

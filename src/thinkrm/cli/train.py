@@ -71,7 +71,8 @@ def _run_lite(pairs: Optional[Path], output_dir: Path, shared: Optional[Path], g
     """The lite model trains its own way; only the pairs, output, shared data and seed carry over."""
     unsupported = sorted(k for k in given if k != "seed")
     if unsupported:
-        raise ValueError("--arch lite does not take " + ", ".join("--" + k.replace("_", "-") for k in unsupported))
+        flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
+        raise ValueError(f"--arch lite does not take {flags}")
     try:
         from ..lite import train_lite
     except ImportError as e:
@@ -84,13 +85,13 @@ def _run_lite(pairs: Optional[Path], output_dir: Path, shared: Optional[Path], g
 def _print_report(report) -> None:
     console.print(f"[green]trained[/] {report.steps} steps on {report.pairs_used} pairs "
                   f"({report.eval_pairs} held out) -> {report.output_dir}")
-    curve = f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}, " if report.first_loss is not None else ""
+    curve = "" if report.first_loss is None else f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}, "
     console.print(f"{curve}mean loss {report.train_loss:.4f}; {report.tokens_per_second:,.0f} tokens/s")
     if report.eval_accuracy is not None:
         console.print(f"eval pairwise accuracy {report.eval_accuracy:.3f} (step {report.best_step})")
     if report.truncated_sides:
-        console.print(f"[yellow]{report.truncated_sides} sides truncated to max length[/] (prompt kept, end of "
-                      "reasoning kept)")
+        console.print(f"[yellow]{report.truncated_sides} sides truncated to max length[/] "
+                      "(prompt kept, end of reasoning kept)")
     if report.bad_pairs:
         console.print(f"[yellow]{report.bad_total} bad pairs skipped:[/]")
         for what, n in sorted(report.bad_pairs.items(), key=lambda kv: -kv[1]):
@@ -107,18 +108,17 @@ def _command():
         """
         _run(**kwargs)
 
+    kw = inspect.Parameter.KEYWORD_ONLY
+    pairs_help = "Preference pairs: JSONL/JSON with prompt, chosen, rejected (strings or messages), margin."
+    arch_help = "'lm': a transformers backbone; 'lite': the embedded CPU model (thinkrm.lite)."
     head = [
         inspect.Parameter("pairs", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                          default=typer.Argument(None, help="Preference pairs: JSONL/JSON with prompt, chosen, "
-                                                 "rejected (strings or messages), optional margin.",
-                                                 show_default=False)),
-        inspect.Parameter("output_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                          default=typer.Option(..., "-o", "--output-dir", help="Output checkpoint directory.")),
-        inspect.Parameter("arch", inspect.Parameter.KEYWORD_ONLY, annotation=str,
-                          default=typer.Option("lm", "--arch", help="'lm': a transformers backbone; 'lite': the "
-                                               "embedded CPU model (thinkrm.lite).")),
-        inspect.Parameter("shared", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                          default=typer.Option(None, "--shared", help="Shared data directory (--arch lite).")),
+                          default=typer.Argument(None, help=pairs_help, show_default=False)),
+        inspect.Parameter("output_dir", kw, annotation=Path,
+                          default=typer.Option(..., "-o", "--output-dir", help="Output directory.")),
+        inspect.Parameter("arch", kw, annotation=str, default=typer.Option("lm", "--arch", help=arch_help)),
+        inspect.Parameter("shared", kw, annotation=Optional[Path],
+                          default=typer.Option(None, "--shared", help="Shared data folder (--arch lite).")),
     ]
     command.__signature__ = inspect.Signature(head + _config_parameters())
     command.__annotations__ = {}
