@@ -4,10 +4,11 @@
 
 Pools: MATH-500 (SkyThought, 9 candidates per problem) and GSM8K (4 per problem), see ../shared/README.md.
 First each pool is re-graded with `thinkrm.verify` and its agreement with the source's `correct` printed.
-Targets (issue 7), printed as PASS/FAIL per N: `argmax` beats `random` at every N > 1, and `weighted-vote`
-beats `majority-vote`; a full scoring pass over the 4,500 MATH-500 candidates with `lite` within 15 minutes
-on 2 cores. Scores are cached in out/bench-bon/<pool>/ (so a rerun only re-evaluates); `--fresh` ignores
-the cache so the scoring time is measured from scratch.
+Targets (issue 7): `argmax` beats `random` at every N > 1, and `weighted-vote` beats `majority-vote`
+(printed per N as PASS when the 95% CI of the paired difference is above 0, n.s. or FAIL); a full
+scoring pass over the 4,500 MATH-500 candidates with `lite` within 15 minutes on 2 cores. Scores are
+cached in out/bench-bon/<pool>/ (a rerun only re-evaluates); `--fresh` drops the cache so the scoring
+time is measured from scratch.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main() -> None:
         for key in ("argmax - random", "weighted-vote - majority-vote"):
             for n, st in result["differences"].get(key, {}).items():
                 if int(n) > 1:
-                    verdict = "PASS" if st["mean"] > 0 else "FAIL"
+                    # PASS only when the whole 95% interval is above zero; "n.s." when it straddles zero.
+                    verdict = "PASS" if st["ci_low"] > 0 else "FAIL" if st["ci_high"] < 0 else "n.s."
                     console.print(f"  {verdict} {key} at N={n}: {st['mean'] * 100:+.1f} points "
                                   f"(95% CI {st['ci_low'] * 100:+.1f} .. {st['ci_high'] * 100:+.1f})",
                                   highlight=False)

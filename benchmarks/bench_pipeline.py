@@ -141,11 +141,49 @@ def bench_embedding(path: Path, n: int) -> dict:
     return {"model_load_s": load_s, **summary}
 
 
+def bench_agreement(path: Path, n: int) -> dict:
+    """Heuristic vs embedding on n long-reasoner traces: how often they attach steps alike, and the
+    distributions of the two similarities between a step and the 8 steps before it (their thresholds are
+    set at about the same quantiles)."""
+    import numpy as np
+
+    from thinkrm.structurers import EmbeddingStructurer, HeuristicStructurer
+
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["model"] == LONG_REASONER:
+                texts.append(split_response(rec["response"])[0])
+    texts = texts[::17][:n]
+    same = total = turned = turned_same = 0
+    sims: dict[str, list[float]] = {"heuristic": [], "embedding": []}
+    for text in texts:
+        h, e = build_dag(text), build_dag(text, "embedding")
+        for a, b in zip(h.nodes, e.nodes):
+            total += 1
+            same += a.parents == b.parents
+            if a.action != "continue" or b.action != "continue":
+                turned += 1
+                turned_same += a.parents == b.parents and a.action == b.action
+        structurers = {"heuristic": HeuristicStructurer(), "embedding": EmbeddingStructurer()}
+        for name, s in structurers.items():
+            s.start(h.steps)
+            for i in range(1, len(h.steps)):
+                sims[name] += s.similarities(i, list(range(max(0, i - 8), i)))
+    return {"traces": len(texts), "steps": total, "same_parents": same / total, "turning_steps": turned,
+            "turning_agree": turned_same / max(1, turned),
+            "similarity_quartiles": {k: [round(float(q), 2) for q in np.percentile(v, [25, 50, 75, 90])]
+                                     for k, v in sims.items()}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None, help="only the first N candidates")
     ap.add_argument("--embedding-traces", type=int, default=8, help="30k traces per kind (0: skip)")
+    ap.add_argument("--agreement", type=int, default=0,
+                    help="compare heuristic and embedding DAGs on this many long-reasoner traces")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     path = args.shared / "skythought-math500" / "candidates.jsonl"
@@ -159,9 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  per trace: median {h['median_ms']:.2f} ms  p90 {h['p90_ms']:.2f}  p99 {h['p99_ms']:.1f}  "
           f"max {h['max_ms']:.0f} ms ({h['max_trace_chars']:,} chars)   [targets: median < 20, max < 1000]")
     print(f"  partition alone: median {h['split_median_ms']:.2f} ms, max {h['split_max_ms']:.1f} ms")
+    ratio = h["split_total_s"] / h["baseline_total_s"]
     print(f"  totals over all traces: str.split('\\n\\n') baseline {h['baseline_total_s'] * 1e3:.0f} ms, "
-          f"partition {h['split_total_s'] * 1e3:.0f} ms ({h['split_total_s'] / h['baseline_total_s']:.0f}x the "
-          f"baseline), heuristic DAG {h['dag_total_s'] * 1e3:.0f} ms")
+          f"partition {h['split_total_s'] * 1e3:.0f} ms ({ratio:.0f}x the baseline), heuristic DAG "
+          f"{h['dag_total_s'] * 1e3:.0f} ms")
     print(f"  throughput {h['traces_per_s']:.0f} traces/s ({h['elapsed_s']:.1f} s incl. JSON parsing)")
     print(f"  memory: RSS {h['rss_after_10pct_mib']:.0f} MiB after 10% of traces, "
           f"{h['rss_end_mib']:.0f} MiB at the end, peak {h['peak_rss_mib']:.0f} MiB")
@@ -178,6 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {label:9s} {s['traces']} traces, ~{s['median_steps']:.0f} steps: median "
                       f"{s['median_wall_s']:.2f} s wall ({s['median_cpu_s']:.2f} s CPU), "
                       f"max {s['max_wall_s']:.2f} s")
+    if args.agreement:
+        res["agreement"] = a = bench_agreement(path, args.agreement)
+        print(f"heuristic vs embedding on {a['traces']} {LONG_REASONER} traces ({a['steps']} steps): same "
+              f"parents for {a['same_parents']:.0%} of steps; of the {a['turning_steps']} steps either one "
+              f"backtracks or merges, same action and target for {a['turning_agree']:.0%}")
+        for name, q in a["similarity_quartiles"].items():
+            print(f"  {name:9s} similarity to the 8 previous steps, p25/p50/p75/p90: {q}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return res

@@ -14,7 +14,8 @@ from thinkrm.dag import DAG
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "traces.jsonl"
-GOOD = {"id": "ok", "prompt": "What is 2 + 3?", "response": "<think>2 + 3 = 5.\n\nSo the answer is 5.</think> 5"}
+GOOD = {"id": "ok", "prompt": "What is 2 + 3?",
+        "response": "<think>2 + 3 = 5.\n\nSo the answer is 5.</think> 5"}
 
 
 def invoke(*args: str):
@@ -57,7 +58,8 @@ def test_examples_end_to_end(tmp_path):
         dag = DAG.from_dict(row["dag"], row["reasoning"])
         assert len(dag.steps) == len(row["steps"]) == row["me2"]["size"]["steps"]
         assert "".join(row["reasoning"][st["start"]:st["end"]] for st in row["steps"]) == row["reasoning"]
-        assert set(row["me2"]) >= {"macro_efficiency", "macro_effectiveness", "micro_efficiency", "micro_effectiveness"}
+        assert set(row["me2"]) >= {"macro_efficiency", "macro_effectiveness", "micro_efficiency",
+                                   "micro_effectiveness"}
     assert "ME² summary (10 traces)" in r.text and "hexagon-detours" in r.text
     assert str(out / "index.html") in "".join(r.output.split())
     page = (out / "index.html").read_text(encoding="utf-8")
@@ -117,7 +119,7 @@ def test_a_million_character_trace(tmp_path):
     ('{"id": "x", "reasoning": "no prompt here"}', "missing prompt"),
     ('{"id": "x", "prompt": "Q"}', "missing trace"),
     ('{"id": "x", "prompt": 5, "reasoning": "r"}', "field 'prompt': expected a string, got int"),
-    ('{"id": "x", "prompt": "Q", "response": {"text": "r"}}', "field 'response': expected a string, got dict"),
+    ('{"id": "x", "prompt": "Q", "response": {"t": "r"}}', "field 'response': expected a string, got dict"),
     ('{"id": [1], "prompt": "Q", "reasoning": "r"}', "field 'id'"),
     ('["not", "an", "object"]', "expected a JSON object, got list"),
 ])
@@ -131,7 +133,10 @@ def test_bad_rows_fail_clearly_and_leave_no_output(tmp_path, bad, message):
     assert outputs(out) == []  # neither file, and no temporary left behind
 
 
-@pytest.mark.parametrize("bad", [b'{"prompt": "Q", "reasoning": "caf\xe9"}', '{"prompt": 5, "reasoning": "r"}', "{oops"])
+BAD_ROWS = [b'{"prompt": "Q", "reasoning": "caf\xe9"}', '{"prompt": 5, "reasoning": "r"}', "{oops"]
+
+
+@pytest.mark.parametrize("bad", BAD_ROWS)
 def test_skip_bad_reports_and_keeps_the_good_rows(tmp_path, bad):
     src = write_lines(tmp_path / "t.jsonl", [GOOD, bad, {**GOOD, "id": "after"}])
     r = invoke(src, "-o", tmp_path / "o", "--skip-bad")

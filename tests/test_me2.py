@@ -1,4 +1,4 @@
-"""ME² signals: each one checked on text or a hand-built DAG where the right value is known by construction."""
+"""ME² signals, each checked on text or a hand-built DAG whose right value is known by construction."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from thinkrm.trace import Trace, load_traces
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "traces.jsonl"
 
 
-def hand_dag(parts: list[str], actions: list[tuple[str, list[int]]], groups: list[tuple[list[int], list[int]]],
-             answer_path: list[int]) -> DAG:
-    """A DAG built by hand: steps are `parts` joined by blank lines; `groups` are (members, parent super-nodes)."""
+def hand_dag(parts: list[str], actions: list[tuple[str, list[int]]],
+             groups: list[tuple[list[int], list[int]]], answer_path: list[int]) -> DAG:
+    """A DAG built by hand: steps are `parts` joined by blank lines; `groups` are (members, parent ids)."""
     text = "\n\n".join(parts)
     steps, pos = [], 0
     for i, p in enumerate(parts):
@@ -63,8 +63,8 @@ def test_macro_efficiency_counts_match_the_constructed_dag():
     assert me["dead_ends"] == 1  # super-node 1 (the perimeter detour)
     # Only step 1 never feeds the answer: step 4 is merged into it, so it counts as on the path.
     assert me["off_path_share"] == pytest.approx(1 / 6, abs=1e-3)
-    assert a.size == {"steps": 6, "supernodes": 5, "words": sum(len(p.split()) for p in PARTS), "chars": len(dag.text),
-                      "depth": 2}
+    words = sum(len(p.split()) for p in PARTS)
+    assert a.size == {"steps": 6, "supernodes": 5, "words": words, "chars": len(dag.text), "depth": 2}
     dead = [f for f in a.findings if f.kind == "dead_ends"]
     assert [(f.step, dag.text[f.start:f.end].strip()) for f in dead] == [(1, PARTS[1])]
 
@@ -78,9 +78,9 @@ def test_macro_effectiveness_coherence_and_drift():
     # Steps 3 ("verify 4 * 3 = 12") and 4 ("3 rows of 4 squares") still share numbers with the prompt;
     # only a step with nothing in common with it counts as drift.
     assert mf["question_drift"] == 0.0
-    off = analyze("", dag=hand_dag(["The area of a 3 by 4 rectangle.", "Unrelated musings on poetry and rhyme."],
-                                   [("continue", []), ("continue", [0])], [([0, 1], [])], [0]),
-                  prompt="Area of a 3 by 4 rectangle?")
+    drifting = hand_dag(["The area of a 3 by 4 rectangle.", "Unrelated musings on poetry and rhyme."],
+                        [("continue", []), ("continue", [0])], [([0, 1], [])], [0])
+    off = analyze("", dag=drifting, prompt="Area of a 3 by 4 rectangle?")
     assert off.signals["macro_effectiveness"]["question_drift"] == 0.5
     assert off.signals["macro_effectiveness"]["path_coherence"] is None  # a one-node path has no pairs
     assert analyze("x = 1").signals["macro_effectiveness"]["question_drift"] is None  # no prompt given
@@ -148,7 +148,8 @@ def test_micro_efficiency_filler_duplicates_paraphrases_and_rechecks():
         "Let me verify the count once more by counting the list.",
         "Let me double-check by pairing again.",
     ]
-    dag = hand_dag(para, [("continue", [])] + [("continue", [i]) for i in range(5)], [(list(range(6)), [])], [0])
+    chain = [("continue", [])] + [("continue", [i]) for i in range(5)]
+    dag = hand_dag(para, chain, [(list(range(6)), [])], [0])
     s = analyze("", dag=dag).signals["micro_efficiency"]
     assert s["near_duplicate_steps"] == 1
     assert s["paraphrase_loops"] == 1
@@ -197,10 +198,11 @@ def test_examples_clean_traces_beat_flawed_ones_on_the_signals():
                 assert worse, f"flawed trace {bad.id} is no worse than {clean.id} on any signal"
 
 
+PIECES = list("ab 12+-*/=().,\n xyz") + ["\n\n", " = ", "Alternatively, ", "Wait, no, ", "x = 3", "2 + 2 = 5"]
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.sampled_from(list("ab 12+-*/=().,\n xyz") + ["\n\n", " = ", "Alternatively, ", "Wait, no, ",
-                                                                "x = 3", "2 + 2 = 5"]),
-                max_size=120).map("".join))
+@given(st.lists(st.sampled_from(PIECES), max_size=120).map("".join))
 def test_any_text_gives_bounded_signals_and_valid_findings(text):
     a = analyze(text, prompt="a b")
     flat = a.flat()

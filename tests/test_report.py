@@ -39,8 +39,9 @@ def write_report(path: Path, traces: list[Trace], scores: list[float] | None = N
 
 
 def example_traces() -> list[Trace]:
-    return list(load_traces(EXAMPLES)) + [Trace(id="hostile", prompt="What is 2 + 2? </script>", reasoning=HOSTILE,
-                                                answer="4", extra={"quality": "flawed"})]
+    hostile = Trace(id="hostile", prompt="What is 2 + 2? </script>", reasoning=HOSTILE, answer="4",
+                    extra={"quality": "flawed"})
+    return [*load_traces(EXAMPLES), hostile]
 
 
 def test_script_json_cannot_close_the_script_element():
@@ -57,7 +58,7 @@ def test_report_embeds_every_trace_and_summary_rows(tmp_path):
     assert "https://" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert page.count("<script") == len(traces) + 3  # one per trace, meta, rows, the code
     assert "</script><script>document.title" not in page
-    rows = json.loads(re.search(r'<script type="application/json" id="rows">(.*?)</script>', page, re.S).group(1))
+    rows = json.loads(re.search(r'id="rows">(.*?)</script>', page, re.S).group(1))
     assert [r["id"] for r in rows] == [t.id for t in traces]
     assert rows[3]["score"] == 3.0 and "backtracks" in rows[0] and rows[0]["quality"] == "clean"
     meta = json.loads(re.search(r'id="meta">(.*?)</script>', page, re.S).group(1))
@@ -207,8 +208,10 @@ def test_report_in_chromium_opens_a_trace_draws_its_dag_and_reads_nodes(tmp_path
     # Sorting by backtracks, descending on the second click: the detour-heavy trace floats to the top.
     browser.click('#traces th[data-key="backtracks"]')
     browser.click('#traces th[data-key="backtracks"]')
-    col = browser.js("[...document.querySelectorAll('#traces th')].findIndex(t => t.dataset.key === 'backtracks')")
-    shown = browser.js(f"[...document.querySelectorAll('#traces tbody tr')].map(r => Number(r.children[{col}].textContent))")
+    col = browser.js("[...document.querySelectorAll('#traces th')]"
+                     ".findIndex(t => t.dataset.key === 'backtracks')")
+    shown = browser.js("[...document.querySelectorAll('#traces tbody tr')]"
+                       f".map(r => Number(r.children[{col}].textContent))")
     assert shown == sorted(shown, reverse=True) and shown[0] > 0
 
     hostile = len(traces) - 1
@@ -231,7 +234,8 @@ def test_report_in_chromium_opens_a_trace_draws_its_dag_and_reads_nodes(tmp_path
     browser.click(f'#dagsvg .node[data-node="{target.id}"]')
     wait_for(browser, f"document.body.dataset.selected === '{target.id}'")
     assert browser.js("document.getElementById('nodeinfo').textContent").startswith(f"Node {target.id}")
-    selected = browser.js("[...document.querySelectorAll('#textpane .step.sel')].map(s => Number(s.dataset.step))")
+    selected = browser.js("[...document.querySelectorAll('#textpane .step.sel')]"
+                          ".map(s => Number(s.dataset.step))")
     assert selected == target.members
 
     assert browser.js("document.getElementById('errors').textContent") == ""

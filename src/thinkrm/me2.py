@@ -12,6 +12,7 @@ docs/me2.md is the long form of the same definitions.
 from __future__ import annotations
 
 import ast
+import bisect
 import functools
 import math
 import operator
@@ -31,44 +32,57 @@ Value = int | float | None
 class SignalDef:
     name: str
     dimension: str
-    definition: str
     better: Better
+    definition: str
 
 
 SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
-    SignalDef("backtracks", "macro_efficiency", "steps the DAG attaches by backtracking to an earlier main-path "
-              "step (each one abandons the current line of thought)", "lower"),
-    SignalDef("restarts", "macro_efficiency", "backtracks whose target lies in the root super-node, i.e. the "
-              "trace starts over from the problem set-up", "lower"),
-    SignalDef("reopened_branches", "macro_efficiency", "backtracks to a step that an earlier backtrack already "
-              "returned to: the trace goes back to a fork it had already reconsidered", "lower"),
-    SignalDef("off_path_share", "macro_efficiency", "share of steps outside the answer leaf and its ancestors "
-              "(merged branches included): work that never fed the answer", "lower"),
-    SignalDef("dead_ends", "macro_efficiency", "leaf super-nodes other than the answer leaf: branches that were "
-              "abandoned without feeding into the answer", "lower"),
-    SignalDef("path_coherence", "macro_effectiveness", "mean overlap coefficient |A∩B|/min(|A|,|B|) of the "
-              "content words of consecutive answer-path super-nodes (null when the path has one node)", "higher"),
-    SignalDef("question_drift", "macro_effectiveness", "share of steps that share no content word or number with "
-              "the prompt (null without a prompt)", "lower"),
-    SignalDef("unsupported_claims", "macro_effectiveness", "hand-waving phrases that assert instead of showing "
-              "(\"obviously\", \"clearly\", \"it is easy to see\", ...) per 1,000 words", "lower"),
-    SignalDef("words_per_step", "micro_efficiency", "mean whitespace-separated words per step", "neither"),
-    SignalDef("filler_per_1k", "micro_efficiency", "filler phrases (\"hmm\", \"okay so\", \"let me think\", "
-              "\"basically\", ...) per 1,000 words", "lower"),
-    SignalDef("near_duplicate_steps", "micro_efficiency", "steps whose word 3-shingles have Jaccard >= 0.5 with "
-              "some earlier step (near-verbatim repetition)", "lower"),
-    SignalDef("paraphrase_loops", "micro_efficiency", "steps that restate an earlier step in other words: "
-              "content-word Jaccard >= 0.6 with it while not a near-duplicate", "lower"),
-    SignalDef("reverifications", "micro_efficiency", "verification steps (\"let me check/verify\", \"double-"
-              "check\", \"to confirm\", ...) after the first one", "lower"),
-    SignalDef("self_corrections", "micro_effectiveness", "explicit admissions of an error (\"no, that's wrong\", "
-              "\"I made a mistake\", \"that's incorrect\", ...): each marks a false step earlier", "lower"),
-    SignalDef("conflicting_values", "micro_effectiveness", "quantities assigned two or more different numbers "
-              "(\"x = 3\" ... \"x = 5\")", "lower"),
-    SignalDef("arithmetic_checked", "micro_effectiveness", "numeric claims `a op b = c` (+ - * / ^, chains "
-              "allowed) found and evaluated", "neither"),
-    SignalDef("arithmetic_wrong", "micro_effectiveness", "checked arithmetic claims whose two sides differ "
-              "(beyond the rounding the right-hand side's decimals allow)", "lower"),
+    SignalDef("backtracks", "macro_efficiency", "lower",
+              "steps the DAG attaches by backtracking to an earlier main-path step (each one abandons the "
+              "current line of thought)"),
+    SignalDef("restarts", "macro_efficiency", "lower",
+              "backtracks whose target lies in the root super-node, i.e. the trace starts over from the "
+              "problem set-up"),
+    SignalDef("reopened_branches", "macro_efficiency", "lower",
+              "backtracks to a step that an earlier backtrack already returned to: the trace goes back to a "
+              "fork it had already reconsidered"),
+    SignalDef("off_path_share", "macro_efficiency", "lower",
+              "share of steps outside the answer leaf and its ancestors (merged branches included): work "
+              "that never fed the answer"),
+    SignalDef("dead_ends", "macro_efficiency", "lower",
+              "leaf super-nodes other than the answer leaf: branches that were abandoned without feeding "
+              "into the answer"),
+    SignalDef("path_coherence", "macro_effectiveness", "higher",
+              "mean overlap coefficient |A∩B|/min(|A|,|B|) of the content words of consecutive answer-path "
+              "super-nodes (null when the path has one node)"),
+    SignalDef("question_drift", "macro_effectiveness", "lower",
+              "share of steps that share no content word or number with the prompt (null without a prompt)"),
+    SignalDef("unsupported_claims", "macro_effectiveness", "lower",
+              "hand-waving phrases that assert instead of showing (\"obviously\", \"clearly\", "
+              "\"it is easy to see\", ...) per 1,000 words"),
+    SignalDef("words_per_step", "micro_efficiency", "neither",
+              "mean whitespace-separated words per step"),
+    SignalDef("filler_per_1k", "micro_efficiency", "lower",
+              "filler phrases (\"hmm\", \"okay so\", \"let me think\", \"basically\", ...) per 1,000 words"),
+    SignalDef("near_duplicate_steps", "micro_efficiency", "lower",
+              "steps whose word 3-shingles have Jaccard >= 0.5 with some earlier step (near-verbatim "
+              "repetition)"),
+    SignalDef("paraphrase_loops", "micro_efficiency", "lower",
+              "steps that restate an earlier step in other words: content-word Jaccard >= 0.6 with it while "
+              "not a near-duplicate"),
+    SignalDef("reverifications", "micro_efficiency", "lower",
+              "verification steps (\"let me check/verify\", \"double-check\", \"to confirm\", ...) after the "
+              "first one"),
+    SignalDef("self_corrections", "micro_effectiveness", "lower",
+              "explicit admissions of an error (\"no, that's wrong\", \"I made a mistake\", "
+              "\"that's incorrect\", ...): each marks a false step earlier"),
+    SignalDef("conflicting_values", "micro_effectiveness", "lower",
+              "quantities assigned two or more different numbers (\"x = 3\" ... \"x = 5\")"),
+    SignalDef("arithmetic_checked", "micro_effectiveness", "neither",
+              "numeric claims `a op b = c` (+ - * / ^, chains allowed) found and evaluated"),
+    SignalDef("arithmetic_wrong", "micro_effectiveness", "lower",
+              "checked arithmetic claims whose two sides differ (beyond the rounding the right-hand side's "
+              "decimals allow)"),
 ]}
 
 POSTINGS = 64  # steps remembered per shingle/word when looking for repeats (see `repetitions`)
@@ -83,17 +97,20 @@ wait hmm actually maybe think need see know say said""".split())
 
 _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
 
-_FILLER = re.compile(r"\b(?:hmm+|um+|uh+|okay,? so|ok,? so|alright|let me think|let me see|you know|basically|"
+_FILLER = re.compile(r"\b(?:hmm+|um+|uh+|okay,? so|ok,? so|alright|let me think|let me see|you know|"
+                     r"basically|"
                      r"i mean|kind of|sort of|i guess|just to be (?:sure|safe)|anyway|so yeah|well,)\b",
                      re.IGNORECASE)
 _UNSUPPORTED = re.compile(r"\b(?:obviously|clearly|trivially|it is (?:easy|clear|obvious) (?:to see )?that|"
                           r"it's (?:easy|clear|obvious) (?:to see )?that|it is well[- ]known|"
                           r"it's well[- ]known)\b", re.IGNORECASE)
-_CORRECTION = re.compile(r"(?:\bno,? (?:that's|that is|this is|it's) (?:wrong|not right|incorrect|not correct)|"
+_CORRECTION = re.compile(r"(?:\bno,? (?:that's|that is|this is|it's) "
+                         r"(?:wrong|not right|incorrect|not correct)|"
                          r"\bthat(?:'s| is| was) (?:wrong|incorrect|not right|a mistake)|\bi made (?:a|an) "
                          r"(?:mistake|error)|\bi (?:miscalculated|misread|messed up)|\bmy mistake\b|\boops\b|"
                          r"\bscratch that\b|\bwait,? no\b|\bthat (?:can't|cannot) be right)", re.IGNORECASE)
-_VERIFY = re.compile(r"^\W*(?:\w+,?\s+){0,3}?(?:let me (?:double[- ])?(?:check|verify|confirm)|let's (?:double[- ])?"
+_VERIFY = re.compile(r"^\W*(?:\w+,?\s+){0,3}?(?:let me (?:double[- ])?(?:check|verify|confirm)|"
+                     r"let's (?:double[- ])?"
                      r"(?:check|verify|confirm)|double[- ]check|to (?:verify|confirm|check)|verify(?:ing)?:|"
                      r"sanity check|checking:?)", re.IGNORECASE)
 
@@ -108,6 +125,8 @@ _NUM = r"\d{1,40}+(?:,\d{3}(?!\d)){0,6}+(?:\.\d{1,40}+)?+"
 _OP = r"(?:[-+*/^×÷·−]|\\times|\\cdot|\\div)"
 _EXPR = rf"[(\s]{{0,6}}+[-−]?{_NUM}(?:[\s)]{{0,6}}+{_OP}[\s(]{{0,6}}+[-−]?{_NUM}){{0,12}}+[\s)]{{0,6}}+"
 _CHAIN = re.compile(rf"(?<![\w.,+\-*/^×÷·−)])(?<![+\-*/^×÷·−] ){_EXPR}(?:=(?!=){_EXPR}){{1,6}}+")
+_CONTEXT_BEFORE = re.compile(r"(?:[\w\\_.^{})]|[-+*/^×÷·−}]\s*|\\(?:times|cdot|div)\s*)$")
+_CONTEXT_AFTER = re.compile(r"[\w\\_^{(]|\s*(?:[-+*/^×÷·−=(]|\\[a-zA-Z]|[a-z]\b|rem|with a rem)", re.IGNORECASE)
 _OP_TRANSLATE = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
                  ("−", "-"), ("^", "**")]
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -180,6 +199,8 @@ def _overlap(a: set[str], b: set[str]) -> float:
 
 
 class _Analyzer:
+    """One pass over one DAG; per-step word sets are computed once and shared by the signals."""
+
     def __init__(self, dag: DAG, prompt: str | None):
         self.dag = dag
         self.text = dag.text
@@ -192,8 +213,6 @@ class _Analyzer:
         self.content = [_content(s.text) for s in self.steps]
 
     def step_at(self, offset: int) -> int:
-        import bisect
-
         return max(0, bisect.bisect_right(self._starts, offset) - 1)
 
     def find(self, kind: str, start: int, end: int, note: str = "") -> None:
@@ -207,8 +226,10 @@ class _Analyzer:
         dag = self.dag
         size = {"steps": len(self.steps), "supernodes": len(dag.supernodes), "words": self.total_words,
                 "chars": len(self.text), "depth": max((s.depth for s in dag.supernodes), default=0)}
-        signals = {"macro_efficiency": self.macro_efficiency(), "macro_effectiveness": self.macro_effectiveness(),
-                   "micro_efficiency": self.micro_efficiency(), "micro_effectiveness": self.micro_effectiveness()}
+        signals = {"macro_efficiency": self.macro_efficiency(),
+                   "macro_effectiveness": self.macro_effectiveness(),
+                   "micro_efficiency": self.micro_efficiency(),
+                   "micro_effectiveness": self.micro_effectiveness()}
         self.findings.sort(key=lambda f: (f.start, f.kind))
         return Analysis(dag=dag, signals=signals, size=size, findings=self.findings, id=trace_id)
 
@@ -231,7 +252,7 @@ class _Analyzer:
                 reopened += 1
                 self.find("reopened_branches", s.start, s.end, f"returns again to step {target}")
             targets.add(target)
-        # Branches merged into the answer fed it, so "on path" is every ancestor, not just the answer_path chain.
+        # Branches merged into the answer fed it: "on path" is every ancestor, not just the answer_path chain.
         feeding: set[int] = set()
         todo = [dag.answer_node] if dag.answer_node is not None else []
         while todo:
@@ -251,7 +272,8 @@ class _Analyzer:
     # -- macro-effectiveness: is the structure coherent and on target ---------------------------------------
     def macro_effectiveness(self) -> dict[str, Value]:
         dag = self.dag
-        path_words = [set().union(*(self.content[m] for m in dag.supernodes[sid].members)) for sid in dag.answer_path]
+        path_words = [set().union(*(self.content[m] for m in dag.supernodes[sid].members))
+                      for sid in dag.answer_path]
         pairs = [_overlap(a, b) for a, b in zip(path_words, path_words[1:])]
         coherence = round(sum(pairs) / len(pairs), 3) if pairs else None
         drift: float | None = None
@@ -332,26 +354,21 @@ class _Analyzer:
             if not claim[2]:
                 wrong += 1
                 self.find("arithmetic_wrong", claim[0], claim[1], claim[3])
-        return {"self_corrections": corrections, "conflicting_values": conflicts, "arithmetic_checked": checked,
-                "arithmetic_wrong": wrong}
+        return {"self_corrections": corrections, "conflicting_values": conflicts,
+                "arithmetic_checked": checked, "arithmetic_wrong": wrong}
 
     def arithmetic_claims(self):
         """Yield (start, end, holds, note) for each `expr = expr` pair where a side has an operator."""
-        ops = "*/+-×÷·−^="
         for m in _CHAIN.finditer(self.text):
             raw = m.group(0)
             start = m.start() + len(raw) - len(raw.lstrip())
             end = m.end() - (len(raw) - len(raw.rstrip()))
-            touching = self.text[start - 1:start] if start else ""
-            following = self.text[end:end + 1]
-            prev_sym = self.text[max(0, start - 32):start].rstrip()[-1:]
-            next_sym = self.text[end:end + 32].lstrip()[:1]
-            # Touching a variable, a LaTeX command or another operator means the numbers are part of a larger
-            # expression (`x - 2 + 3 = 1`), and checking the numeric fragment alone would be wrong.
-            if (touching.isalnum() or touching in ("\\", "_", ".", "^", "{", "}", ")")
-                    or (prev_sym and prev_sym in ops.replace("=", ""))
-                    or following.isalnum() or following in ("\\", "_", "^", "{", "(")
-                    or (next_sym and next_sym in ops)):
+            before = self.text[max(0, start - 32):start]
+            after = self.text[end:end + 32]
+            # Numbers touching a variable, a LaTeX command or another operator are part of a larger
+            # expression (`x - 2 + 3 = 1`, `2^{42} \cdot 3 \cdot 7 = ...`, `= 128 i`, `= 1 remainder 1`), and
+            # checking the numeric fragment alone would report a false error.
+            if _CONTEXT_BEFORE.search(before) or _CONTEXT_AFTER.match(after):
                 continue
             sides = m.group(0).split("=")
             for left, right in zip(sides, sides[1:]):

@@ -20,6 +20,7 @@ What each server is sent, by protocol:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -97,6 +98,7 @@ class RemoteScorer(Scorer):
                 self.requests_sent += 1
             try:
                 resp = self._client.post(self.url, json=payload)
+            # RemoteProtocolError: the server dropped a kept-alive connection (it restarted); safe to resend.
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
                 if last:
                     raise ConnectionError(
@@ -134,8 +136,6 @@ class RemoteScorer(Scorer):
                 raise ValueError(f"expected {len(items)} scores, got {len(values)}")
             return [_finite(v, i) for i, v in enumerate(values)]
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            import json
-
             problem = str(e) if isinstance(e, ValueError) else \
                 f"unexpected answer shape ({type(e).__name__}: {e})"
             raise ServerResponseError(self.url, problem, status=200, body=json.dumps(body)) from None

@@ -30,7 +30,7 @@ SHORT = {"backtracks": "backtracks", "restarts": "restarts", "reopened_branches"
 
 
 def script_json(obj: Any) -> str:
-    """JSON safe to place inside a `<script>` element: `</script>` or `<!--` in a trace cannot end it early."""
+    """JSON safe inside a `<script>` element: `</script>` or `<!--` in a trace cannot end it early."""
     return dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -63,8 +63,9 @@ class ReportWriter:
                   "findings": [f.to_dict() for f in analysis.findings],
                   "step_words": [len(s.text.split()) for s in dag.steps]}
         self.f.write(f'<script type="application/json" id="t{i}">{script_json(detail)}</script>\n')
-        row: dict[str, Any] = {"id": trace.id, **{k: analysis.size[k] for k in ("steps", "supernodes", "words")},
-                               **analysis.flat()}
+        row: dict[str, Any] = {"id": trace.id}
+        row.update((k, analysis.size[k]) for k in ("steps", "supernodes", "words"))
+        row.update(analysis.flat())
         for k, v in trace.extra.items():
             if k not in row and _is_label(v):
                 row[k] = v
@@ -83,8 +84,8 @@ class ReportWriter:
         A label with the same value in every row (the model name of a single-model run) only takes space.
         """
         n = max(1, len(self.rows))
-        labels = sorted((k for k, c in self.label_counts.items() if c >= n / 2 and (k in self.varying or n == 1)),
-                        key=lambda k: -self.label_counts[k])
+        common = [k for k, c in self.label_counts.items() if c >= n / 2 and (k in self.varying or n == 1)]
+        labels = sorted(common, key=lambda k: -self.label_counts[k])
         cols: list[dict[str, Any]] = [{"key": "id", "label": "id", "type": "text"}]
         cols += [{"key": k, "label": k, "type": "text"} for k in labels[:MAX_LABEL_FIELDS]]
         if self.has_score:
@@ -100,7 +101,8 @@ class ReportWriter:
     def finish(self) -> int:
         n = len(self.rows)
         meta = {"columns": self.columns(), "dimensions": list(DIMENSIONS),
-                "signals": {s.name: {"definition": s.definition, "better": s.better} for s in SIGNALS.values()},
+                "signals": {s.name: {"definition": s.definition, "better": s.better}
+                            for s in SIGNALS.values()},
                 "inline_findings": list(INLINE_FINDINGS),
                 "summary": f"{n} trace{'s' if n != 1 else ''} · structurer: {self.structurer}"}
         fill = {"__META__": script_json(meta), "__ROWS__": script_json(self.rows)}

@@ -462,6 +462,8 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return
+    # Trainer.save_model adds its pickled arguments; they are no part of a servable checkpoint.
+    (tmp / "training_args.bin").unlink(missing_ok=True)
     new = {f.name for f in tmp.iterdir()}
     for f in out.iterdir():
         # Weights of an earlier run in the same folder (other shards, an index) would mix with the new ones.
@@ -481,16 +483,6 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
     })
     if not config.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    _readable_by_all(out)
-
-
-def _readable_by_all(out: Path) -> None:
-    """Temp-file writers create 0600 files; a model is usually served by another user (a vLLM container)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in out.iterdir():
-        if f.is_file():
-            f.chmod(0o666 & ~umask)
 
 
 def _report_dict(report: TrainReport) -> dict[str, Any]:

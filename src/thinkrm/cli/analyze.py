@@ -126,10 +126,12 @@ def _print_summary(res: AnalyzeResult) -> None:
         out = Console(width=150)  # piped or captured: rich's 80-column default would truncate every cell
     rows = res.rows
     has_score = any("score" in r for r in rows)
-    table = Table(title=f"ME² summary ({len(rows)} trace{'s' if len(rows) != 1 else ''})", header_style="bold")
+    plural = "s" if len(rows) != 1 else ""
+    table = Table(title=f"ME² summary ({len(rows)} trace{plural})", header_style="bold")
     cols = [("id", "id"), ("steps", "steps"), ("supernodes", "super-nodes"), ("backtracks", "backtracks"),
             ("off_path_share", "off-path"), ("dead_ends", "dead ends"), ("filler_per_1k", "filler/1k"),
-            ("near_duplicate_steps", "near-dup"), ("self_corrections", "self-corr."), ("arith", "arith. wrong")]
+            ("near_duplicate_steps", "near-dup"), ("self_corrections", "self-corr."),
+            ("arith", "arith. wrong")]
     if has_score:
         cols.append(("score", "score"))
     for key, label in cols:
@@ -157,10 +159,10 @@ def _print_summary(res: AnalyzeResult) -> None:
 
 
 def analyze_command(
-    traces: Path = typer.Argument(..., help="traces as JSONL or a JSON list (prompt + reasoning or response)"),
+    traces: Path = typer.Argument(..., help="traces as JSONL or a JSON list (prompt + reasoning/response)"),
     out: Path = typer.Option(..., "-o", "--out", help="output directory for analysis.jsonl and index.html"),
     structurer: str = typer.Option("heuristic", help="who proposes DAG actions: heuristic | embedding"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="report and skip malformed rows instead of stopping"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="report and skip malformed rows, don't stop"),
     limit: int | None = typer.Option(None, "--limit", help="analyse only the first N traces"),
     scorer: str | None = typer.Option(None, "--scorer", help="also score each trace, e.g. 'lite', 'hf:PATH', "
                                       "'vllm:URL' (see thinkrm.load_scorer)"),
