@@ -184,11 +184,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--embedding-traces", type=int, default=8, help="30k traces per kind (0: skip)")
     ap.add_argument("--agreement", type=int, default=0,
                     help="compare heuristic and embedding DAGs on this many long-reasoner traces")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch intra-op threads for the embedding part (default: torch's, = cores); "
+                         "on a busy machine 1 avoids threads waiting on each other")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     path = args.shared / "skythought-math500" / "candidates.jsonl"
     if not path.exists():
         sys.exit(f"error: {path} not found (pass --shared)")
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     load_before = os.getloadavg()[0]
     res = {"heuristic": bench_heuristic(path, args.limit)}
     h = res["heuristic"]
@@ -209,8 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"    {model:55s} {s['p10']:>4} / {s['median']:>5} / {s['p90']:>4} / {s['max']:>4}")
     if args.embedding_traces:
         res["embedding"] = e = bench_embedding(path, args.embedding_traces)
+        import torch
+
         print(f"embedding structurer on 30k-char traces (model load {e['model_load_s']:.1f} s, excluded), "
-              f"load average {os.getloadavg()[0]:.1f}   [target: < 1 s]")
+              f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}   "
+              "[target: < 1 s]")
         for label in ("real>25k", "dense"):
             if label in e:
                 s = e[label]

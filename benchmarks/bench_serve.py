@@ -126,6 +126,15 @@ async def load(port: int, texts: list[str], clients: int) -> tuple[float, list[f
     return time.perf_counter() - start, latencies, errors
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds the server process has used (all threads). Unlike wall time, other processes on a
+    shared machine barely move it, so CPU per request is the steadier measure of what batching saves."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 def batch_stats(metrics: str) -> tuple[float, float]:
     """(items scored, scorer calls) so far, from the server's /metrics."""
     total = float(re.search(r"^thinkrm_batch_size_sum (\S+)$", metrics, re.M).group(1))
@@ -140,7 +149,9 @@ def run(scorer: str, mode_flags: list[str], texts: list[str], clients: int, thre
     try:
         asyncio.run(load(port, traces(50, seed=1), clients=10))  # warm-up: first forward passes
         before = httpx.get(f"{url}/metrics").text
+        cpu0 = server_cpu(proc.pid)
         wall, lat, errors = asyncio.run(load(port, texts, clients))
+        cpu = server_cpu(proc.pid) - cpu0
         after = httpx.get(f"{url}/metrics").text
     finally:
         proc.terminate()
@@ -150,7 +161,8 @@ def run(scorer: str, mode_flags: list[str], texts: list[str], clients: int, thre
     calls = int(calls1 - calls0)
     return {"throughput": len(texts) / wall, "wall": wall, "p50": statistics.median(lat),
             "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "errors": errors,
-            "scorer_calls": calls, "mean_batch": (items1 - items0) / calls if calls else 0.0}
+            "scorer_calls": calls, "mean_batch": (items1 - items0) / calls if calls else 0.0,
+            "cpu_ms": cpu / len(texts) * 1000}
 
 
 def main() -> None:
@@ -181,6 +193,7 @@ def main() -> None:
                  "batching off": ["--max-batch-size", "1"]}
         best: dict[str, dict] = {}
         ratios: list[float] = []
+        cpu_ratios: list[float] = []
         errors = 0
         for round_ in range(1, args.rounds + 1):
             this_round = {}
@@ -189,12 +202,14 @@ def main() -> None:
                 errors += len(r["errors"])
                 print(f"round {round_} {name:13s}: {r['throughput']:7.1f} req/s  p50 {r['p50'] * 1000:7.1f} ms  "
                       f"p99 {r['p99'] * 1000:7.1f} ms  errors {len(r['errors'])}  scorer calls "
-                      f"{r['scorer_calls']} (mean batch {r['mean_batch']:.1f})  wall {r['wall']:.1f} s", flush=True)
+                      f"{r['scorer_calls']} (mean batch {r['mean_batch']:.1f})  server CPU {r['cpu_ms']:.2f} ms/req  "
+                      f"wall {r['wall']:.1f} s", flush=True)
                 for e in r["errors"][:5]:
                     print("   ", e)
                 if name not in best or r["throughput"] > best[name]["throughput"]:
                     best[name] = r
             ratios.append(this_round["batching on"]["throughput"] / this_round["batching off"]["throughput"])
+            cpu_ratios.append(this_round["batching off"]["cpu_ms"] / this_round["batching on"]["cpu_ms"])
         on, off = best["batching on"], best["batching off"]
         print(f"best of {args.rounds}: on {on['throughput']:.1f} req/s (p50 {on['p50'] * 1000:.0f} ms, "
               f"p99 {on['p99'] * 1000:.0f} ms), off {off['throughput']:.1f} req/s (p50 {off['p50'] * 1000:.0f} ms, "
@@ -203,6 +218,8 @@ def main() -> None:
         ratio = statistics.median(ratios)
         print(f"throughput ratio on/off per round: {', '.join(f'{x:.2f}x' for x in ratios)}; median {ratio:.2f}x "
               f"(target >= 3x); errors in all runs: {errors} (target 0)")
+        print(f"server CPU per request off/on per round: {', '.join(f'{x:.2f}x' for x in cpu_ratios)}; "
+              f"median {statistics.median(cpu_ratios):.2f}x")
         if errors or ratio < 3:
             sys.exit(1)
 

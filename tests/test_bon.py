@@ -186,3 +186,14 @@ def test_auto_temperature_makes_weighted_vote_scale_free():
     # A fixed temperature is not scale-free: at T=1 the big scores turn weighted-vote into argmax.
     fixed = best_of_n(rows, ScaledScorer(1000.0), ns=[4], repeats=4, workers=1, temperature=1.0)
     assert fixed["strategies"]["weighted-vote"]["4"] == fixed["strategies"]["argmax"]["4"]
+
+
+def test_subsets_do_not_depend_on_which_rules_run():
+    rng = np.random.default_rng(3)
+    # Integer scores and two answer classes: weighted-vote has many ties to break at random.
+    problems = [_Problem(correct=rng.random(6) < 0.5, scores=rng.integers(0, 2, 6).astype(float),
+                         lengths=rng.integers(10, 99, 6), classes=rng.integers(0, 2, 6)) for _ in range(30)]
+    everything = evaluate_bon(problems, ns=[4], repeats=4, seed=5)
+    alone = evaluate_bon(problems, strategies=["argmax"], ns=[4], repeats=4, seed=5)
+    assert alone["strategies"]["argmax"] == everything["strategies"]["argmax"]
+    assert alone["baselines"]["random"] == everything["baselines"]["random"]

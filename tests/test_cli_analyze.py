@@ -167,6 +167,10 @@ def test_whole_file_problems(tmp_path):
     r = invoke(empty, "-o", tmp_path / "o2")
     assert r.exit_code == 0 and (tmp_path / "o2" / "analysis.jsonl").read_text() == ""
     assert "ME² summary (0 traces)" in r.text
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    r = invoke(EXAMPLES, "-o", not_a_dir)
+    assert r.exit_code == 2 and "exists and is not a directory" in r.text and not_a_dir.read_text() == "x"
 
 
 @pytest.mark.parametrize("args, message", [

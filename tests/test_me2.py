@@ -98,7 +98,9 @@ def test_answer_path_coherence_distinguishes_related_from_unrelated_nodes():
 
 @pytest.mark.parametrize("claim, holds", [
     ("3 + 4 = 7", True), ("3 + 4 = 8", False), ("12 * 12 = 144", True), ("7 * 8 = 54", False),
-    ("2^10 = 1024", True), ("1/3 = 0.33", True), ("1/3 = 0.4", False), ("10 - 2 + 3 = 11", True),
+    ("2^10 = 1024", True), ("1/3 = 0.33", True), ("1/3 = 0.4", False), ("2/3 = 0.66", True),
+    ("2/3 = 0.67", True), ("2/3 = 0.68", False), ("160000 / 9 = 17777.777...", True),
+    ("10 - 2 + 3 = 11", True),
     ("(2 + 3) * 4 = 20", True), ("1,000 + 24 = 1,024", True), ("3 \\times 5 = 15", True),
     ("12 \\div 4 = 3", True), ("7 / 2 = 3", False), ("2 * 3 = 6 = 3 + 3", True), ("−4 + 6 = 2", True),
 ])
@@ -115,9 +117,24 @@ def test_arithmetic_claims_are_evaluated(claim, holds):
     "the value 7 = 7",  # no operator: not a claim
     "a_1 + 2 = 5",
     "\\frac{1}{2} + 1 = 3",
+    "2 \\cdot 120 \\cdot 120 = 28,\\!800",  # LaTeX thousands separator
+    "\\frac{1}{2} \\times 3 \\times 4 = 6",  # the 1/2 is outside the numeric fragment
+    "(-1)^3 = 128 i (-1)",  # multiplied by a variable
+    "9 ÷ 8 = 1 remainder 1",  # integer division
+    "$111 \\div 5 = 22$ remainder $1$",
+    "1234 = 1 + 2 + 3 + 4",  # digit notation, not an equality
+    "2% of 2000 = 0.02 * 2000",  # the percentage is outside the numeric fragment
+    "the ratio is $1^2:3^2 = 1:9$",
+    "|16-4| -10 = 12 - 10",
 ])
+
 def test_numbers_inside_larger_expressions_are_not_checked(text):
     assert analyze(text).signals["micro_effectiveness"]["arithmetic_checked"] == 0
+
+
+def test_running_sums_check_only_the_steps():
+    s = analyze("Add: 5+6+7+8 = 5+6 = 11, and 256 - 400 + 240 = 256 - 400 = -144.").flat()
+    assert (s["arithmetic_checked"], s["arithmetic_wrong"]) == (2, 0)
 
 
 def test_evaluation_is_safe_and_bounded():

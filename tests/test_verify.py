@@ -102,6 +102,14 @@ def test_pathological_item_is_killed_and_the_worker_replaced():
     assert time.monotonic() - start < 30
 
 
+def test_a_worker_that_died_between_batches_is_restarted():
+    pool = get_pool(1)
+    assert verify_batch(["\\boxed{2}"], ["2"], workers=1) == [True]
+    pool._procs[0].kill()  # e.g. the OOM killer
+    pool._procs[0].wait()
+    assert verify_batch(["\\boxed{2}", "\\boxed{3}"], ["2", "2"], workers=1) == [True, False]
+
+
 def test_answer_classes_group_by_value_not_string():
     classes, failed = answer_classes([["1/2", "0.5", "\\frac{1}{2}", None, "3", "3.0", "x"], []], workers=1)
     assert failed == 0

@@ -226,11 +226,12 @@ def evaluate_bon(problems: Sequence[_Problem], *, strategies: Sequence[str] = ST
     for n in eff_ns:
         per = {name: np.zeros(len(problems)) for name in names}
         for r in range(repeats):
-            rng = np.random.default_rng([seed, n, r])
+            # Separate streams: the subsets drawn must not depend on how many ties the rules broke.
+            subsets, ties = np.random.default_rng([seed, n, r]), np.random.default_rng([seed, n, r, 1])
             for j, p in enumerate(problems):
                 k = min(n, len(p.correct))
-                idx = rng.permutation(len(p.correct))[:k]
-                for name, v in _evaluate(p, idx, rng, strategies, temperature).items():
+                idx = subsets.permutation(len(p.correct))[:k]
+                for name, v in _evaluate(p, idx, ties, strategies, temperature).items():
                     per[name][j] += v
         for name in names:
             per[name] /= repeats
@@ -273,22 +274,20 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
         raise ValueError("no candidates")
     timings: dict[str, Any] = {}
 
-    # Correctness where the input does not give it.
-    need = [i for i, c in enumerate(cands) if c.correct is None]
-    if need:
-        report = verify_batch_report([cands[i].response for i in need], [cands[i].gold for i in need],
-                                     timeout=verify_timeout, workers=workers)
-        for i, ok in zip(need, report.results):
-            cands[i].correct = bool(ok)
-        timings["verify"] = {"verified": len(need), "timeouts": report.timeouts, "errors": report.errors,
-                             "seconds": round(report.seconds, 3)}
-
-    # Scores (cached).
     own = isinstance(scorer, str)
-    sc = load_scorer(scorer) if own else scorer
+    sc = load_scorer(scorer) if own else scorer  # first: a scorer that cannot load fails before any work
     spec = getattr(sc, "spec", "") or type(sc).__name__
     cache = Path(cache_dir) / f"scores-{_slug(spec)}.jsonl" if cache_dir is not None else None
     try:
+        # Correctness where the input does not give it.
+        need = [i for i, c in enumerate(cands) if c.correct is None]
+        if need:
+            report = verify_batch_report([cands[i].response for i in need], [cands[i].gold for i in need],
+                                         timeout=verify_timeout, workers=workers)
+            for i, ok in zip(need, report.results):
+                cands[i].correct = bool(ok)
+            timings["verify"] = {"verified": len(need), "timeouts": report.timeouts,
+                                 "errors": report.errors, "seconds": round(report.seconds, 3)}
         scores, timings["scoring"] = score_candidates(
             cands, sc, cache=cache,
             on_progress=None if on_progress is None else (lambda d, t: on_progress("scoring", d, t)))

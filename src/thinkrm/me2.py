@@ -125,8 +125,9 @@ _NUM = r"\d{1,40}+(?:,\d{3}(?!\d)){0,6}+(?:\.\d{1,40}+)?+"
 _OP = r"(?:[-+*/^×÷·−]|\\times|\\cdot|\\div)"
 _EXPR = rf"[(\s]{{0,6}}+[-−]?{_NUM}(?:[\s)]{{0,6}}+{_OP}[\s(]{{0,6}}+[-−]?{_NUM}){{0,12}}+[\s)]{{0,6}}+"
 _CHAIN = re.compile(rf"(?<![\w.,+\-*/^×÷·−)])(?<![+\-*/^×÷·−] ){_EXPR}(?:=(?!=){_EXPR}){{1,6}}+")
-_CONTEXT_BEFORE = re.compile(r"(?:[\w\\_.^{})]|[-+*/^×÷·−}]\s*|\\(?:times|cdot|div)\s*)$")
-_CONTEXT_AFTER = re.compile(r"[\w\\_^{(]|\s*(?:[-+*/^×÷·−=(]|\\[a-zA-Z]|[a-z]\b|rem|with a rem)", re.IGNORECASE)
+_CONTEXT_BEFORE = re.compile(r"(?:[\w\\_.^{}):]|[-+*/^×÷·−}|]\s*|\\(?:times|cdot|div)\s*|%\s*of\s*)$")
+_CONTEXT_AFTER = re.compile(r"[\w\\_^{(|!:]|,\\!|\{,\}|"
+                            r"\s*\$?\s*(?:[-+*/^×÷·−=(]|\\[a-zA-Z]|[a-z]\b|rem|with a rem)", re.IGNORECASE)
 _OP_TRANSLATE = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
                  ("−", "-"), ("^", "**")]
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -372,7 +373,7 @@ class _Analyzer:
                 continue
             sides = m.group(0).split("=")
             for left, right in zip(sides, sides[1:]):
-                if not (_has_op(left) or _has_op(right)):
+                if not (_has_op(left) or _has_op(right)) or _is_notation(left, right):
                     continue
                 lv, rv = _evaluate(left), _evaluate(right)
                 if lv is None or rv is None:
@@ -416,6 +417,13 @@ def _similar(sets: list[set[str]], threshold: float, min_size: int = 1) -> dict[
     return found
 
 
+def _is_notation(left: str, right: str) -> bool:
+    """Chains that are not equalities: a running sum (`5+6+7+8 = 5+6 = 11, 11+7 = 18`) restates a prefix of
+    the left side, and digit notation (`123 = 1 + 2 + 3`) spells out the digits of a plain number."""
+    lt, rt = "".join(left.split()), "".join(right.split())
+    return (len(rt) < len(lt) and lt.startswith(rt)) or (lt.isdigit() and re.sub(r"\D", "", rt) == lt)
+
+
 def _has_op(expr: str) -> bool:
     s = expr.strip().lstrip("(").lstrip()
     s = s[1:] if s[:1] in ("-", "−") else s  # a leading minus is a sign, not a claim
@@ -457,12 +465,16 @@ def _evaluate(expr: str) -> float | None:
 
 
 def _close(lv: float, rv: float, literal: str | None) -> bool:
-    """Equal, allowing the rounding a decimal right-hand side implies (`1/3 = 0.33` holds)."""
+    """Equal, or equal once rounded or truncated to the decimals of a decimal right-hand side.
+
+    Models both round (`1/3 = 0.33`) and truncate (`1.4 / 6.8 = 0.205`, `160000 / 9 = 17777.777...`).
+    """
     if math.isclose(lv, rv, rel_tol=1e-9, abs_tol=1e-9):
         return True
     if literal is not None and "." in literal:
-        decimals = len(literal.strip().strip(")").split(".")[-1])
-        return abs(lv - rv) <= 0.5 * 10 ** -decimals * 1.000001
+        q = 10.0 ** len(literal.strip().strip(")").split(".")[-1])
+        return any(math.isclose(rv, v / q, rel_tol=1e-9, abs_tol=1e-3 / q)
+                   for v in (round(lv * q), math.trunc(lv * q)))
     return False
 
 

@@ -300,8 +300,16 @@ class VerifierPool:
                     self._ready(i)
                 for i in idle:
                     item = pending.pop()
-                    self._conns[i].send((item, task, args[item]))
+                    try:
+                        self._conns[i].send((item, task, args[item]))
+                    except OSError:  # the worker died between items; fail this one, restart it next round
+                        self._kill(i)
+                        report.errors += 1
+                        report.error_messages.append("worker died")
+                        continue
                     busy[i] = (item, time.monotonic() + timeout)
+                if not busy:
+                    continue
                 now = time.monotonic()
                 readers = {self._conns[i].reader: i for i in busy}
                 ready = wait(list(readers), timeout=max(0.0, min(d for _, d in busy.values()) - now))

@@ -46,6 +46,8 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
     traces, out = Path(traces), Path(out)
     if not traces.is_file():
         raise InputError("file not found" if not traces.exists() else "not a file", file=traces)
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path exists and is not a directory", file=out)
     skipped: list[str] = []
     rows: list[dict[str, Any]] = []
     scorer_obj = load_scorer(scorer) if scorer else None
