@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (2 shared CPU cores here)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (2 shared cores here)")
     ap.add_argument("--steps", default="1-4", help="reasoning steps per trace, MIN-MAX")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
@@ -189,7 +189,8 @@ def main() -> None:
         texts = traces(args.requests, steps=steps)
         print(f"scorer {scorer}; {args.requests} requests, {args.clients} concurrent clients, "
               f"{args.steps} steps per trace (mean {statistics.mean(map(len, texts)):.0f} chars)")
-        modes = {"batching on": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
+        modes = {"batching on": ["--max-batch-size", str(args.max_batch_size),
+                                 "--max-wait-ms", str(args.max_wait_ms)],
                  "batching off": ["--max-batch-size", "1"]}
         best: dict[str, dict] = {}
         ratios: list[float] = []
@@ -200,10 +201,10 @@ def main() -> None:
             for name, flags in modes.items():
                 r = this_round[name] = run(scorer, flags, texts, args.clients, args.threads)
                 errors += len(r["errors"])
-                print(f"round {round_} {name:13s}: {r['throughput']:7.1f} req/s  p50 {r['p50'] * 1000:7.1f} ms  "
-                      f"p99 {r['p99'] * 1000:7.1f} ms  errors {len(r['errors'])}  scorer calls "
-                      f"{r['scorer_calls']} (mean batch {r['mean_batch']:.1f})  server CPU {r['cpu_ms']:.2f} ms/req  "
-                      f"wall {r['wall']:.1f} s", flush=True)
+                print(f"round {round_} {name:13s}: {r['throughput']:7.1f} req/s  "
+                      f"p50 {r['p50'] * 1000:7.1f} ms  p99 {r['p99'] * 1000:7.1f} ms  errors {len(r['errors'])}  "
+                      f"scorer calls {r['scorer_calls']} (mean batch {r['mean_batch']:.1f})  "
+                      f"server CPU {r['cpu_ms']:.2f} ms/req  wall {r['wall']:.1f} s", flush=True)
                 for e in r["errors"][:5]:
                     print("   ", e)
                 if name not in best or r["throughput"] > best[name]["throughput"]:
@@ -212,12 +213,12 @@ def main() -> None:
             cpu_ratios.append(this_round["batching off"]["cpu_ms"] / this_round["batching on"]["cpu_ms"])
         on, off = best["batching on"], best["batching off"]
         print(f"best of {args.rounds}: on {on['throughput']:.1f} req/s (p50 {on['p50'] * 1000:.0f} ms, "
-              f"p99 {on['p99'] * 1000:.0f} ms), off {off['throughput']:.1f} req/s (p50 {off['p50'] * 1000:.0f} ms, "
-              f"p99 {off['p99'] * 1000:.0f} ms)")
+              f"p99 {on['p99'] * 1000:.0f} ms), off {off['throughput']:.1f} req/s "
+              f"(p50 {off['p50'] * 1000:.0f} ms, p99 {off['p99'] * 1000:.0f} ms)")
         # Each round's on and off runs are minutes apart at most, so their ratio is the least noisy measure.
         ratio = statistics.median(ratios)
-        print(f"throughput ratio on/off per round: {', '.join(f'{x:.2f}x' for x in ratios)}; median {ratio:.2f}x "
-              f"(target >= 3x); errors in all runs: {errors} (target 0)")
+        print(f"throughput ratio on/off per round: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+              f"median {ratio:.2f}x (target >= 3x); errors in all runs: {errors} (target 0)")
         print(f"server CPU per request off/on per round: {', '.join(f'{x:.2f}x' for x in cpu_ratios)}; "
               f"median {statistics.median(cpu_ratios):.2f}x")
         if errors or ratio < 3:

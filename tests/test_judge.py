@@ -11,7 +11,7 @@ import pytest
 from scripted_llm import Reply, ScriptedServer, always, prefers, traces_in
 from thinkrm import prompts as P
 from thinkrm.io import InputError, read_jsonl
-from thinkrm.judge import JudgeConfig, PairInput, judge_file, judge_pair, load_pairs, parse_decision, truncate
+from thinkrm.judge import JudgeConfig, PairInput, judge_file, judge_pair, load_judge_pairs, parse_decision, truncate
 from thinkrm.llm import LLMClient, LLMConfig
 
 GOOD = ("First, we set up the equation 3x + 5 = 20 for the apples in the basket, GOOD and direct.\n\n"
@@ -148,20 +148,20 @@ def test_bad_pairs_file_names_line_and_field(tmp_path):
     p = tmp_path / "pairs.jsonl"
     p.write_text(json.dumps({"prompt": "q", "a": "x"}) + "\n")
     with pytest.raises(InputError, match=r"pairs.jsonl:1: field 'b': missing"):
-        load_pairs(p)
+        load_judge_pairs(p)
     p.write_text(json.dumps({"prompt": "q", "a": "x", "b": 3}) + "\n")
     with pytest.raises(InputError, match="field 'b': expected a non-empty string"):
-        load_pairs(p)
+        load_judge_pairs(p)
     p.write_text(json.dumps({"id": 1, "prompt": "q", "a": "x", "b": "y"}) + "\n" +
                  json.dumps({"id": 1, "prompt": "q", "a": "x", "b": "y"}) + "\n")
     with pytest.raises(InputError, match=r":2: field 'id': duplicate id '1'"):
-        load_pairs(p)
+        load_judge_pairs(p)
 
 
 def test_answer_after_think_is_not_judged(tmp_path):
     p = tmp_path / "pairs.jsonl"
     p.write_text(json.dumps({"prompt": "q", "a": "reason A</think>The answer is 5", "b": "reason B"}) + "\n")
-    (pair,) = load_pairs(p)
+    (pair,) = load_judge_pairs(p)
     assert pair.a == "reason A" and pair.id == "1"
 
 

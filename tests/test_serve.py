@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -111,8 +110,8 @@ def test_get_reward_with_labels_is_the_gated_reward(server):
     prompt = "User: 2+3?\nAssistant:"
     right = " 2+3=5</think> \\boxed{5}"
     wrong = " 2+3=6, hmm, long reasoning</think> \\boxed{6}"
-    body = client.post("/get_reward", json={"query": [prompt + right, prompt + wrong], "prompts": [prompt] * 2,
-                                            "labels": ["5", "5"]}).json()
+    body = client.post("/get_reward", json={"query": [prompt + right, prompt + wrong],
+                                            "prompts": [prompt] * 2, "labels": ["5", "5"]}).json()
     r_t = [-float(len(" 2+3=5")), -float(len(" 2+3=6, hmm, long reasoning"))]
     assert body["extra_logs"] == {"r_v": [1.0, 0.0], "r_t": r_t}
     assert body["scores"] == [1.0, 0.0]
@@ -274,7 +273,8 @@ def test_metrics_are_prometheus_text(server):
     assert samples["thinkrm_in_flight_requests"] == 1  # this very request
     count = samples['thinkrm_request_duration_seconds_count{route="/score"}']
     assert samples['thinkrm_request_duration_seconds_bucket{route="/score",le="+Inf"}'] == count
-    buckets = [v for k, v in samples.items() if k.startswith('thinkrm_request_duration_seconds_bucket{route="/score"')]
+    prefix = 'thinkrm_request_duration_seconds_bucket{route="/score"'
+    buckets = [v for k, v in samples.items() if k.startswith(prefix)]
     assert buckets == sorted(buckets)  # cumulative
 
 
@@ -365,20 +365,23 @@ serve(ServeConfig(port=0, graceful_timeout_s=20), Slow(), on_ready=lambda url: p
 @pytest.mark.slow
 def test_sigterm_lets_in_flight_requests_finish_and_turns_new_ones_away():
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SERVER], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(client.post, "/score", json={"items": [{"prompt": "p", "response": "abcd"}]})
+            in_flight = pool.submit(client.post, "/score",
+                                    json={"items": [{"prompt": "p", "response": "abcd"}]})
             deadline = time.monotonic() + 10
-            while "thinkrm_in_flight_requests 2" not in client.get("/metrics").text:  # the slow one + this one
+            # in flight: the slow request and this /metrics one
+            while "thinkrm_in_flight_requests 2" not in client.get("/metrics").text:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
-            refused = httpx.post(f"{url}/score", json={"items": [{"prompt": "p", "response": "x"}]}, timeout=5)
+            refused = httpx.post(f"{url}/score", json={"items": [{"prompt": "p", "response": "x"}]},
+                                 timeout=5)
             assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
             assert refused.headers["connection"] == "close"
             assert httpx.get(f"{url}/health", timeout=5).status_code == 503

@@ -143,8 +143,8 @@ def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str
                 if not math.isfinite(s):
                     raise ValueError(f"scorer returned a non-finite score ({s}) for candidate {k}")
                 known[k] = s
-                if store is not None:
-                    store.add({"key": k, "score": s})
+            if store is not None:
+                store.add_many({"key": k, "score": known[k]} for k, _ in chunk)
             if on_progress is not None:
                 on_progress(min(b + batch_size, len(todo)), len(todo))
         seconds = time.perf_counter() - start

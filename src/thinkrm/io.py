@@ -188,13 +188,21 @@ class ResumableJsonl:
         return str(key) in self.done
 
     def add(self, record: dict[str, Any]) -> None:
-        k = str(record[self.key])
-        if k in self.done:
-            return
-        self._f.write(dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.done.add(k)
+        self.add_many([record])
+
+    def add_many(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records not yet done, then flush and fsync once: a batch costs one disk sync, not one each."""
+        wrote = False
+        for record in records:
+            k = str(record[self.key])
+            if k in self.done:
+                continue
+            self._f.write(dumps(record) + "\n")
+            self.done.add(k)
+            wrote = True
+        if wrote:
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def records(self) -> Iterator[dict[str, Any]]:
         self._f.flush()

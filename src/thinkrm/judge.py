@@ -256,7 +256,7 @@ def pair_from_record(rec: dict[str, Any], *, default_id: str, file: str | None =
     return PairInput(id=str(rid), prompt=prompt, a=a, b=b, extra=extra)
 
 
-def load_pairs(path: str | os.PathLike) -> list[PairInput]:
+def load_judge_pairs(path: str | os.PathLike) -> list[PairInput]:
     """All rows of a pairs file, validated up front so a bad row fails before any paid call."""
     out, seen = [], set()
     for line, rec in iter_records(path):
@@ -307,7 +307,7 @@ def judge_file(pairs_path: str | os.PathLike, out_path: str | os.PathLike, llm_c
     cfg = cfg or JudgeConfig()
     cfg.validate()
     llm_config = llm_config.resolved()  # a missing server or model fails before anything is written
-    pairs = load_pairs(pairs_path)
+    pairs = load_judge_pairs(pairs_path)
 
     async def main() -> dict[str, Any]:
         with ResumableJsonl(out_path, key="id", resume=resume) as store:

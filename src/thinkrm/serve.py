@@ -146,20 +146,25 @@ class Metrics:
     def render(self) -> str:
         out = ["# HELP thinkrm_requests_total HTTP requests by route and status code.",
                "# TYPE thinkrm_requests_total counter"]
-        out += [f'thinkrm_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())]
+        out += [f'thinkrm_requests_total{{route="{r}",status="{s}"}} {n}'
+                for (r, s), n in sorted(self.requests.items())]
         out += ["# HELP thinkrm_request_duration_seconds Time from request start to response end.",
                 "# TYPE thinkrm_request_duration_seconds histogram"]
         for route, hist in sorted(self.latency.items()):
             out += hist.lines("thinkrm_request_duration_seconds", f'route="{route}"')
         out += ["# HELP thinkrm_batch_size Items per scorer call (micro-batch size).",
                 "# TYPE thinkrm_batch_size histogram", *self.batch_sizes.lines("thinkrm_batch_size"),
-                "# HELP thinkrm_items_scored_total Items scored.", "# TYPE thinkrm_items_scored_total counter",
+                "# HELP thinkrm_items_scored_total Items scored.",
+                "# TYPE thinkrm_items_scored_total counter",
                 f"thinkrm_items_scored_total {self.items_scored}",
                 "# HELP thinkrm_scorer_errors_total Scorer calls that raised.",
-                "# TYPE thinkrm_scorer_errors_total counter", f"thinkrm_scorer_errors_total {self.scorer_errors}",
-                "# HELP thinkrm_queue_depth Items waiting for the scorer.", "# TYPE thinkrm_queue_depth gauge",
+                "# TYPE thinkrm_scorer_errors_total counter",
+                f"thinkrm_scorer_errors_total {self.scorer_errors}",
+                "# HELP thinkrm_queue_depth Items waiting for the scorer.",
+                "# TYPE thinkrm_queue_depth gauge",
                 f"thinkrm_queue_depth {self.queue_depth}",
-                "# HELP thinkrm_in_flight_requests Requests being served.", "# TYPE thinkrm_in_flight_requests gauge",
+                "# HELP thinkrm_in_flight_requests Requests being served.",
+                "# TYPE thinkrm_in_flight_requests gauge",
                 f"thinkrm_in_flight_requests {self.in_flight}"]
         return "\n".join(out) + "\n"
 
@@ -416,8 +421,8 @@ class Problem(BaseModel):
 def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
     """The FastAPI app serving `scorer` (a `Scorer` or a spec string) with `config`.
 
-    A scorer built here from a spec is closed when the app shuts down. `app.state.drain()` starts a graceful shutdown by hand
-    (what SIGTERM does under `serve`), `app.state.metrics` holds the live counters.
+    A scorer built here from a spec is closed when the app shuts down. `app.state.drain()` starts a graceful
+    shutdown by hand (what SIGTERM does under `serve`), `app.state.metrics` holds the live counters.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -451,7 +456,7 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
             if owns_scorer:
                 scorer.close()
 
-    errors = {400: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 401: {"model": Problem}, 503: {"model": Problem}}
+    errors: dict[int | str, dict[str, Any]] = {status: {"model": Problem} for status in (400, 401, 413, 422, 503)}
     app = FastAPI(title="thinkrm scoring server", version=_version(), lifespan=lifespan,
                   strict_content_type=False, responses=errors,
                   description="Scores reasoning traces with a thinking reward model. See docs/serving.md.")
@@ -505,7 +510,8 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
         for name in ("prompts", "labels"):
             given = getattr(body, name)
             if given is not None and len(given) != n:
-                raise RequestProblem(422, f"{name} has {len(given)} entries but query has {n}: send one per query")
+                raise RequestProblem(422, f"{name} has {len(given)} entries but query has {n}: "
+                                          "send one per query")
         prompts = body.prompts
         items, responses = [], []
         for i, query in enumerate(body.query):
@@ -545,7 +551,7 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, Any]:
-        """Liveness and what is served; needs no API key, so orchestrators can probe it (503 while draining)."""
+        """Liveness and what is served; needs no API key, so probes work (503 while draining)."""
         return {"status": "ok", "scorer": getattr(scorer, "spec", ""),
                 "model": model_name, "version": _version()}
 
@@ -665,8 +671,8 @@ class _Guard:
         limit = self.config.max_body_bytes
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestProblem(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes "
-                                      "(--max-body-bytes)")
+            raise RequestProblem(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} "
+                                      "bytes (--max-body-bytes)")
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -675,7 +681,8 @@ class _Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise RequestProblem(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
+                raise RequestProblem(413, f"request body exceeds the limit of {limit} bytes "
+                                          "(--max-body-bytes)")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -683,7 +690,8 @@ class _Guard:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RequestProblem(400, f"request body is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            raise RequestProblem(400, f"request body is not valid UTF-8 ({e.reason} at byte {e.start})"
+                                 ) from None
         return body
 
 
@@ -758,8 +766,8 @@ def make_server(app: Any, config: ServeConfig):
             return await super().on_tick(counter)
 
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                               timeout_graceful_shutdown=max(config.graceful_timeout_s, 0.1), access_log=False,
-                               lifespan="on")
+                               timeout_graceful_shutdown=max(config.graceful_timeout_s, 0.1),
+                               access_log=False, lifespan="on")
     return DrainingServer(uv_config)
 
 
@@ -772,7 +780,7 @@ def bind(config: ServeConfig) -> tuple[socket.socket, str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((config.host, config.port))
-        sock.listen(2048)  # connections made before uvicorn starts wait in the backlog instead of being refused
+        sock.listen(2048)  # connections made before uvicorn starts wait in the backlog, not refused
     except OSError as e:
         sock.close()
         raise ConnectionError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from None
@@ -797,7 +805,8 @@ def serve(config: ServeConfig, scorer: Scorer | None = None,
 
 
 @contextmanager
-def running(scorer: Scorer | str, config: ServeConfig | None = None, *, timeout: float = 30.0) -> Iterator[str]:
+def running(scorer: Scorer | str, config: ServeConfig | None = None, *,
+            timeout: float = 30.0) -> Iterator[str]:
     """Serve in a background thread for the duration of a `with` block; yields the base URL.
 
     For tests, notebooks and benchmarks: the socket is bound before the thread starts (port 0 picks a free
@@ -807,7 +816,8 @@ def running(scorer: Scorer | str, config: ServeConfig | None = None, *, timeout:
     app = create_app(scorer, config)
     server = make_server(app, config)
     sock, url = bind(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="thinkrm-serve", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="thinkrm-serve",
+                              daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     while not server.started:

@@ -120,6 +120,7 @@ def _summary_row(trace_id: str, result, score: float | None) -> dict[str, Any]:
 
 
 def _print_summary(res: AnalyzeResult) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -129,16 +130,22 @@ def _print_summary(res: AnalyzeResult) -> None:
     rows = res.rows
     has_score = any("score" in r for r in rows)
     plural = "s" if len(rows) != 1 else ""
-    table = Table(title=f"ME² summary ({len(rows)} trace{plural})", header_style="bold")
-    cols = [("id", "id"), ("steps", "steps"), ("supernodes", "super-nodes"), ("backtracks", "backtracks"),
-            ("off_path_share", "off-path"), ("dead_ends", "dead ends"), ("filler_per_1k", "filler/1k"),
-            ("near_duplicate_steps", "near-dup"), ("self_corrections", "self-corr."),
-            ("arith", "arith. wrong")]
+    table = Table(title=f"ME² summary ({len(rows)} trace{plural})", header_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 0, 0, 1), pad_edge=False, show_edge=False)
+    # Two-word headers and light borders so the table fits an 80-column terminal.
+    cols = [("id", "id"), ("steps", "steps"), ("supernodes", "super nodes"), ("backtracks", "back tracks"),
+            ("off_path_share", "off path"), ("dead_ends", "dead ends"), ("filler_per_1k", "filler /1k"),
+            ("near_duplicate_steps", "near dup"), ("self_corrections", "self corr"),
+            ("arith", "arith wrong")]
     if has_score:
         cols.append(("score", "score"))
+    # The numeric columns need about 68 characters; the id column gets what is left (ellipsised if need be).
+    id_width = min(24, max(8, out.width - 70), max((len(r["id"]) for r in rows[:SUMMARY_ROWS]), default=2))
     for key, label in cols:
-        table.add_column(label, justify="left" if key == "id" else "right", overflow="ellipsis",
-                         max_width=24 if key == "id" else None)
+        if key == "id":
+            table.add_column(label, overflow="ellipsis", no_wrap=True, min_width=id_width, max_width=id_width)
+        else:  # a narrow terminal wraps a header at its space rather than cutting the numbers
+            table.add_column(label, justify="right", min_width=max(map(len, label.split())))
     for r in rows[:SUMMARY_ROWS]:
         cells = []
         for key, _ in cols:
@@ -146,6 +153,8 @@ def _print_summary(res: AnalyzeResult) -> None:
                 cells.append(f"{r['arithmetic_wrong']}/{r['arithmetic_checked']}")
             elif key == "off_path_share":
                 cells.append(f"{r[key]:.0%}")
+            elif key == "filler_per_1k":
+                cells.append(f"{r[key]:.1f}")
             elif key == "score":
                 cells.append("–" if r.get("score") is None else f"{r['score']:.3f}")
             else:

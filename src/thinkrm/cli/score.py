@@ -80,8 +80,7 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
                 if len(scores) != len(batch):
                     raise ValueError(f"scorer {scorer_obj.spec!r} returned {len(scores)} scores "
                                      f"for {len(batch)} items")
-                for (trace, rec), s in zip(batch, scores):
-                    store.add({**rec, "id": rec.get("id", trace.id), "score": s})
+                store.add_many({**rec, "id": rec.get("id", trace.id), "score": s} for (trace, rec), s in zip(batch, scores))
                 result.scored += len(batch)
                 batch.clear()
 

@@ -20,13 +20,13 @@ def _default(name: str):
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_cmd(
-        scorer: str = typer.Option(_default("scorer"), help="Scorer spec: lite, hf:DIR, length, random[:SEED], "
-                                   "vllm:URL, sglang:URL, openrlhf:URL, thinkrm:URL."),
-        host: str = typer.Option(_default("host"), help="Interface to bind; 0.0.0.0 exposes it to the network."),
+        scorer: str = typer.Option(_default("scorer"), help="Scorer spec: lite, hf:DIR, length, "
+                                   "random[:SEED], vllm:URL, sglang:URL, openrlhf:URL, thinkrm:URL."),
+        host: str = typer.Option(_default("host"), help="Interface to bind; 0.0.0.0 exposes it."),
         port: int = typer.Option(_default("port"), help="TCP port (0 picks a free one)."),
         api_key: str | None = typer.Option(None, envvar="THINKRM_API_KEY", show_envvar=True,
                                            help="Bearer token required on every route except /health."),
-        model_name: str | None = typer.Option(None, help="The \"model\" echoed in responses (default: the spec)."),
+        model_name: str | None = typer.Option(None, help="The \"model\" echoed in responses (default: spec)."),
         max_batch_size: int = typer.Option(_default("max_batch_size"),
                                            help="Most items per scorer call; 1 turns micro-batching off."),
         max_wait_ms: float = typer.Option(_default("max_wait_ms"),
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         max_body_bytes: int = typer.Option(_default("max_body_bytes"), help="Larger request bodies get 413."),
         max_items: int = typer.Option(_default("max_items"), help="More items per request get 413."),
         max_chars: int = typer.Option(_default("max_chars"), help="Longer input strings get 422."),
-        alpha: float = typer.Option(_default("alpha"), help="Gated-reward weight of the TRM score (/get_reward)."),
+        alpha: float = typer.Option(_default("alpha"), help="Gated-reward weight of the TRM score."),
         graceful_timeout_s: float = typer.Option(_default("graceful_timeout_s"),
                                                  help="On SIGTERM, how long in-flight requests may finish."),
         log_level: str = typer.Option(_default("log_level"), help="uvicorn log level."),
