@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (2 shared cores here)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     ap.add_argument("--steps", default="1-4", help="reasoning steps per trace, MIN-MAX")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
@@ -202,7 +202,8 @@ def main() -> None:
                 r = this_round[name] = run(scorer, flags, texts, args.clients, args.threads)
                 errors += len(r["errors"])
                 print(f"round {round_} {name:13s}: {r['throughput']:7.1f} req/s  "
-                      f"p50 {r['p50'] * 1000:7.1f} ms  p99 {r['p99'] * 1000:7.1f} ms  errors {len(r['errors'])}  "
+                      f"p50 {r['p50'] * 1000:7.1f} ms  p99 {r['p99'] * 1000:7.1f} ms  "
+                      f"errors {len(r['errors'])}  "
                       f"scorer calls {r['scorer_calls']} (mean batch {r['mean_batch']:.1f})  "
                       f"server CPU {r['cpu_ms']:.2f} ms/req  wall {r['wall']:.1f} s", flush=True)
                 for e in r["errors"][:5]:

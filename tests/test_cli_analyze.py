@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from thinkrm.cli import app
-from thinkrm.cli.analyze import run_analyze
+from thinkrm.cli.analyze import resolve_scorer, run_analyze
 from thinkrm.dag import DAG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,12 @@ GOOD = {"id": "ok", "prompt": "What is 2 + 3?",
         "response": "<think>2 + 3 = 5.\n\nSo the answer is 5.</think> 5"}
 
 
-def invoke(*args: str):
-    result = CliRunner().invoke(app, ["analyze", *map(str, args)])
+def invoke(*args: str, auto_scorer: bool = False):
+    """Run `thinkrm analyze`; scoring is off unless asked for, so these tests never load a model."""
+    args = tuple(map(str, args))
+    if not auto_scorer and "--scorer" not in args:
+        args += ("--scorer", "none")
+    result = CliRunner().invoke(app, ["analyze", *args])
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     result.text = " ".join(result.output.split())  # rich wraps long lines at the console width
@@ -45,7 +49,7 @@ def read_rows(out: Path) -> list[dict]:
 
 def test_examples_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    r = invoke(EXAMPLES, "-o", out)
+    r = invoke(EXAMPLES, "-o", out, auto_scorer=True)
     assert r.exit_code == 0, r.output
     assert outputs(out) == ["analysis.jsonl", "index.html"]
     rows = read_rows(out)
@@ -64,6 +68,9 @@ def test_examples_end_to_end(tmp_path):
     assert str(out / "index.html") in "".join(r.output.split())
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count('<script type="application/json" id="t') == 10
+    # The default `--scorer auto` scores with TRM-lite exactly when its checkpoint ships with the package.
+    assert all(("score" in row) == (resolve_scorer("auto") == "lite") for row in rows)
+    assert resolve_scorer("none") is None and resolve_scorer("length") == "length"
 
 
 def test_json_list_input_limit_and_scorer(tmp_path):

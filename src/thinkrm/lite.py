@@ -118,31 +118,49 @@ class Embedder:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size = batch_size
         self._mem: dict[bytes, np.ndarray] = {}
-        self._parsed: dict[bytes, Any] | None = None
-        if self.cache_dir and self.cache_dir.is_dir():
-            for shard in sorted(self.cache_dir.glob("emb-*.npz")):
-                with np.load(shard) as z:
-                    for k, v in zip(z["keys"], z["vecs"]):
-                        self._mem[bytes(k).ljust(20, b"\0")] = v  # numpy drops trailing NULs of "S20"
+        self._parsed: dict[bytes, Any] = {}
+        self._loaded: set[str] = set()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Load shards written since the last look (another process may be filling the same cache)."""
+        if not (self.cache_dir and self.cache_dir.is_dir()):
+            return
+        for shard in sorted(self.cache_dir.glob("emb-*.npz")) + sorted(self.cache_dir.glob("parsed-*.pkl")):
+            if shard.name in self._loaded:
+                continue
+            self._loaded.add(shard.name)
+            if shard.suffix == ".pkl":
+                with open(shard, "rb") as f:
+                    self._parsed.update(pickle.load(f))
+                continue
+            with np.load(shard) as z:
+                for k, v in zip(z["keys"], z["vecs"]):
+                    self._mem[bytes(k).ljust(20, b"\0")] = v  # numpy drops trailing NULs of "S20"
+
+    def _save(self, name: str, keys: Iterable[bytes], write: Any) -> None:
+        """Write one shard atomically (a reader in another process never sees half of it)."""
+        from .io import atomic_write
+
+        stem, _, suffix = name.partition(".")
+        name = f"{stem}-{hashlib.sha1(b''.join(keys)).hexdigest()[:16]}.{suffix}"
+        self._loaded.add(name)
+        with atomic_write(self.cache_dir / name, "wb") as f:
+            write(f)
 
     def parsed_items(self, items: Sequence[Item], config: LiteConfig, parse: Any) -> list[Any]:
         """`parse(item, config)` for each item, memoised on disk next to the embeddings when caching."""
         if not self.cache_dir:
             return [parse(it, config) for it in items]
-        if self._parsed is None:
-            self._parsed = {}
-            for shard in sorted(self.cache_dir.glob("parsed-*.pkl")):
-                with open(shard, "rb") as f:
-                    self._parsed.update(pickle.load(f))
         settings = json.dumps([config.segment_tokens, config.max_segments, config.use_structure, config.signals])
         keys = [hashlib.sha1(f"{settings}\x00{it.prompt}\x00{it.reasoning}".encode("utf-8", "surrogatepass")).digest()
                 for it in items]
+        if any(k not in self._parsed for k in keys):
+            self._refresh()
         new = {k: parse(it, config) for k, it in zip(keys, items) if k not in self._parsed}
         if new:
             self._parsed.update(new)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_dir / f"parsed-{hashlib.sha1(b''.join(new)).hexdigest()[:16]}.pkl", "wb") as f:
-                pickle.dump(new, f)
+            self._save("parsed.pkl", new, lambda f: pickle.dump(new, f))
         return [self._parsed[k] for k in keys]
 
     @staticmethod
@@ -154,6 +172,8 @@ class Embedder:
         from .embed import get_encoder
 
         keys = [self._key(t, tokens) for t in texts]
+        if self.cache_dir and any(k not in self._mem for k in keys):
+            self._refresh()
         found = {k: self._mem[k] for k in keys if k in self._mem}
         todo = list({k: t for k, t in zip(keys, texts) if k not in found}.items())
         for b in range(0, len(todo), chunk):
@@ -162,10 +182,8 @@ class Embedder:
             found.update((k, v) for (k, _), v in zip(part, vecs))
             if self.cache_dir:
                 self._mem.update((k, v) for (k, _), v in zip(part, vecs))
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                name = hashlib.sha1(b"".join(k for k, _ in part)).hexdigest()[:16]
-                np.savez(self.cache_dir / f"emb-{name}.npz",
-                         keys=np.frombuffer(b"".join(k for k, _ in part), dtype="S20"), vecs=vecs)
+                packed = np.frombuffer(b"".join(k for k, _ in part), dtype="S20")
+                self._save("emb.npz", (k for k, _ in part), lambda f: np.savez(f, keys=packed, vecs=vecs))
         out = np.zeros((len(texts), 384), dtype=np.float32)
         for i, k in enumerate(keys):
             out[i] = found[k]

@@ -456,7 +456,9 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
             if owns_scorer:
                 scorer.close()
 
-    errors: dict[int | str, dict[str, Any]] = {status: {"model": Problem} for status in (400, 401, 413, 422, 503)}
+    # Documented so clients and schemathesis know them; 500 is a scorer failure, named in `detail`.
+    errors: dict[int | str, dict[str, Any]] = {status: {"model": Problem}
+                                               for status in (400, 401, 413, 422, 500, 503)}
     app = FastAPI(title="thinkrm scoring server", version=_version(), lifespan=lifespan,
                   strict_content_type=False, responses=errors,
                   description="Scores reasoning traces with a thinking reward model. See docs/serving.md.")

@@ -50,6 +50,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
         raise InputError("the output path exists and is not a directory", file=out)
     skipped: list[str] = []
     rows: list[dict[str, Any]] = []
+    scorer = resolve_scorer(scorer)
     scorer_obj = load_scorer(scorer) if scorer else None
     analysis_path, report_path = out / "analysis.jsonl", out / "index.html"
 
@@ -93,6 +94,18 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
         if scorer_obj is not None:
             scorer_obj.close()
     return AnalyzeResult(rows=rows, skipped=skipped, analysis_path=analysis_path, report_path=report_path)
+
+
+def resolve_scorer(spec: str | None) -> str | None:
+    """`auto` (the CLI default) scores with TRM-lite when its checkpoint ships with the package, so `make
+    demo` shows scores as soon as the model exists and still works without it; `none` turns scoring off."""
+    if spec is None or spec == "none":
+        return None
+    if spec == "auto":
+        from ..lite import DEFAULT_DIR
+
+        return "lite" if (DEFAULT_DIR / "config.json").is_file() else None
+    return spec
 
 
 def _take(items, n: int):
@@ -175,8 +188,9 @@ def analyze_command(
     structurer: str = typer.Option("heuristic", help="who proposes DAG actions: heuristic | embedding"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="report and skip malformed rows, don't stop"),
     limit: int | None = typer.Option(None, "--limit", help="analyse only the first N traces"),
-    scorer: str | None = typer.Option(None, "--scorer", help="also score each trace, e.g. 'lite', 'hf:PATH', "
-                                      "'vllm:URL' (see thinkrm.load_scorer)"),
+    scorer: str = typer.Option("auto", "--scorer", help="score each trace with this scorer, e.g. 'lite', "
+                               "'hf:PATH', 'vllm:URL' (see thinkrm.load_scorer); 'auto' = TRM-lite when its "
+                               "checkpoint is installed; 'none' = no scores"),
 ) -> None:
     """Split traces into steps, build their reasoning DAGs, compute ME² signals, write a browsable report."""
     with user_errors():

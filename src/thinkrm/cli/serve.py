@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(_default("port"), help="TCP port (0 picks a free one)."),
         api_key: str | None = typer.Option(None, envvar="THINKRM_API_KEY", show_envvar=True,
                                            help="Bearer token required on every route except /health."),
-        model_name: str | None = typer.Option(None, help="The \"model\" echoed in responses (default: spec)."),
+        model_name: str | None = typer.Option(None, help="The \"model\" in responses (default: spec)."),
         max_batch_size: int = typer.Option(_default("max_batch_size"),
                                            help="Most items per scorer call; 1 turns micro-batching off."),
         max_wait_ms: float = typer.Option(_default("max_wait_ms"),
