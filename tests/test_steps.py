@@ -175,3 +175,12 @@ def test_long_reasoners_get_ten_to_forty_steps(shared_data):
                 counts.append(len(split_steps(reasoning)))
     assert len(counts) == 500
     assert 10 <= statistics.median(counts) <= 40
+
+
+def test_trace_of_short_paragraphs_does_not_collapse_into_one_step():
+    # Every paragraph is a fragment on its own; they must group into small steps, not one giant step.
+    text = "Wait, let me recompute: 12 * 12 = 144.\n\nSo x = 144 and we go on.\n\n" * 50
+    steps = split_steps(text)
+    assert len(steps) == 50
+    assert all(s.text.startswith("Wait") for s in steps)
+    assert "".join(text[s.start:s.end] for s in steps) == text

@@ -116,24 +116,32 @@ def _mostly_formulas(body: str, bounds: list[int]) -> bool:
 
 def _merge_fragments(body: str, bounds: list[int], lines: bool) -> list[int]:
     """Drop the boundaries around tiny fragments: a lead-in joins the next step, any other fragment
-    finishes the step before it (the first piece, having no step before it, always joins the next)."""
+    finishes the step before it (the first piece, having no step before it, always joins the next).
+
+    A step made only of fragments closes once it reaches the minimum size, so a trace written entirely in
+    short paragraphs ("Wait, 12 * 12 = 144." / "So x = 144.") still splits into small steps instead of
+    collapsing into one.
+    """
+    min_chars = MIN_LINE_CHARS if lines else MIN_STEP_CHARS
     ends = bounds[1:] + [len(body)]
     kept: list[int] = []
     pending_forward = False  # the previous piece was a lead-in waiting to join this one
+    size = 0  # characters in the current step
+    only_fragments = True  # the current step holds fragments only
     for start, end in zip(bounds, ends):
         piece = body[start:end]
         fragment = _is_fragment(piece, lines)
-        if pending_forward:
-            pending_forward = fragment and end < len(body)
-            continue
-        if not kept:
-            kept.append(start)
-            pending_forward = fragment and end < len(body)
-            continue
-        if fragment:
-            if end < len(body) and _is_lead_in(piece):
+        if pending_forward or not kept:
+            if not kept:
                 kept.append(start)
-                pending_forward = True
-            continue
-        kept.append(start)
+            pending_forward = fragment and end < len(body) and size + len(piece.strip()) < min_chars
+        elif not fragment or (only_fragments and size >= min_chars):
+            kept.append(start)
+            size, only_fragments = 0, True
+        elif end < len(body) and _is_lead_in(piece):
+            kept.append(start)
+            size, only_fragments = 0, True
+            pending_forward = True
+        size += len(piece.strip())
+        only_fragments = only_fragments and fragment
     return kept
