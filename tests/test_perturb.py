@@ -97,6 +97,15 @@ def test_incorrect_traces_are_skipped_and_fields_carried():
 def test_short_traces_are_not_forced():
     trace = _trace("The answer is 4 because 2 + 2 = 4.")
     assert perturb_trace(trace, ["restart", "drop_justification"]) == []
+    assert perturb_trace(_trace("<think></think>The answer is 4."), None) == []
+
+
+def test_reasoning_that_is_not_in_the_response_is_an_input_error():
+    from thinkrm.io import InputError
+
+    trace = Trace(id="x", prompt="p", reasoning="Some other text.\n\nMore.", response=PLAIN, source="in.jsonl:3")
+    with pytest.raises(InputError, match="in.jsonl:3"):
+        perturb_trace(trace)
 
 
 def test_bad_ops_and_bad_edits_are_reported():

@@ -28,6 +28,14 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_key_from_environment():
+    """A THINKRM_API_KEY in the developer's shell would turn on auth for servers these tests start open."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("THINKRM_API_KEY", raising=False)
+        yield
+
+
 class RecordingScorer(LengthScorer):
     """Length scores plus what the server did with them: the size of every scorer call.
 
@@ -349,7 +357,7 @@ def test_cli_reports_a_busy_port_as_one_line():
 
 
 SLOW_SERVER = """
-import sys, time
+import time
 from thinkrm.scoring import LengthScorer
 from thinkrm.serve import ServeConfig, serve
 
@@ -391,6 +399,31 @@ def test_sigterm_lets_in_flight_requests_finish_and_turns_new_ones_away():
         assert proc.returncode in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_thinkrm_serve_command_end_to_end():
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), COLUMNS="300", THINKRM_API_KEY=KEY)
+    cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", "length",
+           "--port", "0", "--max-items", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        banner = proc.stderr.readline()
+        assert "bearer token required" in banner, banner
+        url = next(word for word in banner.split() if word.startswith("http://127.0.0.1:"))
+        with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
+            ok = client.post("/score", json={"items": [{"prompt": "p", "response": "abc"}]})
+            assert ok.json() == {"scores": [-3.0]}
+            over = client.post("/score", json={"items": [{"prompt": "p", "response": "abc"}] * 3})
+            assert over.status_code == 413 and "--max-items" in over.json()["detail"]
+            assert httpx.get(f"{url}/metrics").status_code == 401  # the key came from the environment
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        assert proc.returncode in (0, -signal.SIGINT, 130)
     finally:
         if proc.poll() is None:
             proc.kill()

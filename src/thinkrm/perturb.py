@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .io import InputError
 from .steps import Step, split_steps
 from .trace import Trace
 
@@ -216,7 +217,12 @@ def perturb_trace(trace: Trace, ops: Sequence[str] | None = None, *, seed: int =
 
     `detour_pool` holds step texts from *other* problems for the `detour` op (it is skipped when empty).
     """
-    ctx = _Context(trace.full_response, trace.reasoning)
+    if not trace.reasoning.strip():
+        return []
+    try:
+        ctx = _Context(trace.full_response, trace.reasoning)
+    except ValueError as e:
+        raise InputError(str(e), file=trace.source, field="reasoning") from None
     out = []
     for op in parse_ops(ops):
         rng = random.Random(f"{seed}\x00{trace.id}\x00{op}")

@@ -56,7 +56,7 @@ class ServeConfig:
     scorer: str = "lite"
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None  # falls back to $THINKRM_API_KEY; when set, every route but /health needs it
+    api_key: str | None = None  # None: $THINKRM_API_KEY; "": no auth; else all routes but /health need it
     model_name: str | None = None  # the "model" echoed in responses; defaults to the scorer spec
     max_batch_size: int = 64  # items per scorer call; 1 turns batching off
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
