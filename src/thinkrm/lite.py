@@ -432,6 +432,7 @@ PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
 BON_PROBLEMS = 150  # held-out problems per pool scored for Best-of-N (bounded: long traces cost the most)
 OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trace dominates
+VERIFIED_PAIRS_PER_PROBLEM = 2  # (correct, incorrect) candidate pairs per training problem
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -477,6 +478,29 @@ def perturbation_pairs(candidates: Sequence[Candidate], name: str, seed: int, ma
             for recs in records.values() for r in rng.sample(recs, min(OPS_PER_TRACE, len(recs)))]
 
 
+def verified_pairs(candidates: Sequence[Candidate], name: str, seed: int) -> list[Pair]:
+    """Pairs of a correct and an incorrect candidate to the same problem (graded by the pool's source).
+
+    Perturbations teach what a worse *process* looks like; these teach which finished traces tend to end
+    right, the signal Best-of-N needs. Both come only from training problems.
+    """
+    from .pairs import Pair
+
+    by_problem: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_problem.setdefault(c.problem_id, []).append(c)
+    rng = random.Random(seed)
+    out = []
+    for pid in sorted(by_problem):
+        good = [c for c in by_problem[pid] if c.correct and c.reasoning.strip()]
+        bad = [c for c in by_problem[pid] if c.correct is False and c.reasoning.strip()]
+        combos = [(g, b) for g in good for b in bad if g.reasoning != b.reasoning]
+        for g, b in rng.sample(combos, min(VERIFIED_PAIRS_PER_PROBLEM, len(combos))):
+            out.append(_tag(Pair(f"{name}:{pid}:{len(out)}", g.prompt, g.reasoning, b.reasoning, kind="verified"),
+                            f"{name}:{pid}", f"verified:{name}"))
+    return out
+
+
 @dataclass
 class Dataset:
     train: list[Pair]
@@ -488,7 +512,8 @@ class Dataset:
 
 def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, config: LiteConfig) -> Dataset:
     """The training recipe. With `shared_dir`: PRMBench pairs of 80% of its problems, plus ME² perturbations
-    of the correct candidates of half of each Best-of-N pool's problems; the other problems are held out.
+    of the correct candidates and (correct, incorrect) candidate pairs of half of each Best-of-N pool's
+    problems; the other problems are held out.
     `pairs_path` adds the user's pairs (grouped by `problem_id`, else prompt; 10% of groups held out)."""
     from .bon import load_candidates
     from .pairs import load_pairs
@@ -524,8 +549,9 @@ def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, con
             scored = set(sorted(held_pool, key=lambda k: random.Random(f"{seed}:{k}").random())[:BON_PROBLEMS])
             split[f"{name}_bon_problem_ids"] = sorted(scored)
             pools[name] = [c for c in cands if c.problem_id in scored]
-            train += perturbation_pairs([c for c in cands if c.problem_id not in held_pool], name, seed,
-                                        config.max_segments)
+            train_cands = [c for c in cands if c.problem_id not in held_pool]
+            train += perturbation_pairs(train_cands, name, seed, config.max_segments)
+            train += verified_pairs(train_cands, name, seed)
     if pairs_path is not None:
         user = [_tag(p, str(p.extra.get("problem_id", p.prompt)), "user") for p in load_pairs(pairs_path)]
         hashes[Path(pairs_path).name] = file_sha256(pairs_path)
@@ -605,12 +631,19 @@ def _pair_rows(pairs: Sequence[Pair]) -> tuple[list[Item], np.ndarray]:
     return list(row), idx
 
 
+# Relative total weight of each kind of data source. Perturbations get less: alone they mostly teach
+# "added text is worse", which the ablations (docs/trm-lite.md) show pulls the model towards a length detector.
+SOURCE_SHARE = {"prmbench": 1.0, "verified": 1.0, "perturb": 0.25, "user": 1.0}
+
+
 def source_weights(pairs: Sequence[Pair]) -> np.ndarray:
-    """Each data source contributes the same total weight, so thousands of cheap perturbations do not drown
-    the real PRMBench pairs (and vice versa)."""
+    """Each data source contributes a fixed total weight (`SOURCE_SHARE` of its kind), however many pairs it
+    has, so thousands of cheap perturbations do not drown the real PRMBench pairs (and vice versa)."""
     sources = [p.extra["source"] for p in pairs]
     counts = {s: sources.count(s) for s in set(sources)}
-    return np.array([len(pairs) / (len(counts) * counts[s]) for s in sources], dtype=np.float64)
+    share = {s: SOURCE_SHARE.get(s.split(":")[0], 1.0) for s in counts}
+    total = sum(share.values())
+    return np.array([len(pairs) * share[s] / (total * counts[s]) for s in sources], dtype=np.float64)
 
 
 def default_cache_dir() -> Path:
@@ -739,7 +772,8 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         "each source carries equal total weight.",
         f"Split by problem (seed {data.split.get('seed')}): {PRM_TEST_FRACTION:.0%} of PRMBench problem ids and "
         f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations "
-        f"({OPS_PER_TRACE} random ops per trace) are made only from correct candidates of the training half, and "
+        f"({OPS_PER_TRACE} random ops per trace) and up to {VERIFIED_PAIRS_PER_PROBLEM} (correct, incorrect) "
+        "candidate pairs per problem come only from the training half, and "
         f"Best-of-N is scored on {BON_PROBLEMS} random held-out problems per pool. The held-out ids are in "
         "`split.json`.", "",
         "Reproduce: `make lite-model` (= `thinkrm train --arch lite --shared ../shared/data -o src/thinkrm/data/lite"
