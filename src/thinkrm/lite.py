@@ -633,7 +633,7 @@ def _pair_rows(pairs: Sequence[Pair]) -> tuple[list[Item], np.ndarray]:
 
 # Relative total weight of each kind of data source. Perturbations get less: alone they mostly teach
 # "added text is worse", which the ablations (docs/trm-lite.md) show pulls the model towards a length detector.
-SOURCE_SHARE = {"prmbench": 1.0, "verified": 1.0, "perturb": 0.25, "user": 1.0}
+SOURCE_SHARE = {"prmbench": 1.0, "verified": 0.35, "perturb": 0.1, "user": 1.0}
 
 
 def source_weights(pairs: Sequence[Pair]) -> np.ndarray:
@@ -769,7 +769,8 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         "| file | sha256 |", "|---|---|",
         *[f"| `{k}` | `{v}` |" for k, v in meta.get("data_sha256", {}).items()], "",
         f"Training pairs: {meta.get('train_pairs')} ({', '.join(f'{k}: {v}' for k, v in meta.get('train_pairs_by_source', {}).items())}); "
-        "each source carries equal total weight.",
+        "each source's total weight is fixed by its kind: "
+        + ", ".join(f"{k} {v}" for k, v in SOURCE_SHARE.items()) + " (per pool for perturb/verified).",
         f"Split by problem (seed {data.split.get('seed')}): {PRM_TEST_FRACTION:.0%} of PRMBench problem ids and "
         f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations "
         f"({OPS_PER_TRACE} random ops per trace) and up to {VERIFIED_PAIRS_PER_PROBLEM} (correct, incorrect) "
