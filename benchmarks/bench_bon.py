@@ -14,6 +14,7 @@ time is measured from scratch.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-bon"))
     parser.add_argument("--fresh", action="store_true", help="drop cached scores first")
     parser.add_argument("--pools", default="math500,gsm8k")
+    parser.add_argument("--heldout", type=Path, default=None,
+                        help="a TRM-lite split.json: evaluate only the problems held out of its training")
     parser.add_argument("--skip-verifier", action="store_true",
                         help="skip re-grading the pools with thinkrm.verify")
     args = parser.parse_args()
@@ -53,9 +56,15 @@ def main() -> None:
             console.print(f"[yellow]skip {name}: {path} not found[/]")
             continue
         out = Path(args.out) / name / args.scorer.replace(":", "_").replace("/", "_")
+        out = out.with_name(out.name + "-heldout") if args.heldout else out
         if args.fresh and out.exists():
             shutil.rmtree(out)
         cands = load_candidates(path)
+        if args.heldout:
+            # TRM-lite trains on pairs from half of each pool's problems; only the other half is a fair test.
+            split = json.loads(args.heldout.read_text())
+            keep = set(split[f"{POOLS[name].split('/')[0].removesuffix('-candidates')}_test_problem_ids"])
+            cands = [c for c in cands if c.problem_id in keep]
         if not args.skip_verifier:
             rep = verify_batch_report([c.response for c in cands], [c.gold for c in cands])
             agree = sum(ok == c.correct for ok, c in zip(rep.results, cands)) / len(cands)

@@ -36,8 +36,17 @@ class Encoder:
 
         self._torch = torch
         path = path or model_path()
+        from transformers.utils import logging as hf_logging
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        # The weight-loading progress bar is noise on every `thinkrm` run that scores or embeds.
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         self.device = device
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int = MAX_TOKENS) -> np.ndarray:
