@@ -14,6 +14,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_credentials_from_environment():
+    """A THINKRM_API_KEY or THINKRM_LLM_* in the developer's shell would switch on auth or point clients at a
+    real server in tests that start their own; tests that need them set them explicitly."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("THINKRM_API_KEY", "THINKRM_LLM_BASE_URL", "THINKRM_LLM_API_KEY", "THINKRM_LLM_MODEL"):
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data; tests that need it are skipped when it is absent (it is never committed)."""

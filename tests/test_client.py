@@ -20,14 +20,6 @@ ITEMS = [Item("What is 2+3?", "2 + 3 = 5.\n\nSo the answer is 5."),
          Item("Factor x^2 - 5x + 6.", "(x - 2)(x - 3)\n\nCheck: x^2 - 5x + 6. Yes.")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_key_from_environment():
-    """A THINKRM_API_KEY in the developer's shell would turn on auth for servers these tests start open."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("THINKRM_API_KEY", raising=False)
-        yield
-
-
 @pytest.fixture(scope="module")
 def url():
     with running(LengthScorer(), ServeConfig(port=0, api_key=KEY)) as base:

@@ -28,14 +28,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_key_from_environment():
-    """A THINKRM_API_KEY in the developer's shell would turn on auth for servers these tests start open."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("THINKRM_API_KEY", raising=False)
-        yield
-
-
 class RecordingScorer(LengthScorer):
     """Length scores plus what the server did with them: the size of every scorer call.
 

@@ -26,14 +26,6 @@ CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, conte
           response_schema_conformance]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_key_from_environment():
-    """A THINKRM_API_KEY in the developer's shell would turn on auth for servers these tests start open."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("THINKRM_API_KEY", raising=False)
-        yield
-
-
 @pytest.fixture(scope="module")
 def live_schema():
     # Small limits so generated inputs also run into them (413/422 paths) instead of only the happy path.

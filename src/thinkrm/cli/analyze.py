@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from .common import console, progress, user_errors
+from .common import console, count_lines, progress, user_errors
 
 STRUCTURERS = ("heuristic", "embedding")
 SCORE_BATCH = 32  # traces scored per scorer call: model backends batch well, and memory stays bounded
@@ -59,7 +59,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
         console.print(f"[yellow]skipped[/] {e}", highlight=False)
 
     stream = load_traces(traces, skip_bad=skip_bad, on_bad=on_bad)
-    total = _count_lines(traces)
+    total = count_lines(traces)
     if limit is not None:
         total = min(total, limit) if total is not None else limit
     try:
@@ -113,15 +113,6 @@ def _take(items, n: int):
         if i >= n:
             return
         yield item
-
-
-def _count_lines(path: Path) -> int | None:
-    """Non-blank lines of a JSONL file, for the progress bar's total (None for a JSON list)."""
-    with open(path, "rb") as f:
-        if f.read(4096).lstrip().startswith(b"["):
-            return None
-        f.seek(0)
-        return sum(1 for line in f if line.strip())
 
 
 def _summary_row(trace_id: str, result, score: float | None) -> dict[str, Any]:

@@ -40,3 +40,12 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
         for item in items:
             yield item
             bar.advance(task)
+
+
+def count_lines(path) -> int | None:
+    """Non-blank lines of a JSONL file, for the progress bar's total (None for a JSON list)."""
+    with open(path, "rb") as f:
+        if f.read(4096).lstrip().startswith(b"["):
+            return None
+        f.seek(0)
+        return sum(1 for line in f if line.strip())

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import console, progress, user_errors
+from .common import console, count_lines, progress, user_errors
 
 # Traces per scorer call: enough for batching and request concurrency; at most this much is redone on resume.
 SCORE_CHUNK = 128
@@ -86,7 +86,7 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
 
             stream = rows()
             if show_progress:
-                stream = progress(stream, "scoring", total=_count_lines(traces))
+                stream = progress(stream, "scoring", total=count_lines(traces))
             for trace, rec in stream:
                 if trace.id in store:
                     result.resumed += 1
@@ -120,7 +120,7 @@ def run_eval_pairs(pairs: str | Path, out_dir: str | Path, scorer: str, *, lengt
     scorer_obj = load_scorer(scorer, **options)
     try:
         with atomic_write(out_dir / "outputs.jsonl") as f:
-            total = _count_lines(pairs)
+            total = count_lines(pairs)
             wrap = (lambda stream: progress(stream, "pairs", total=total)) if show_progress else None
             results = evaluate_pairs(pairs, scorer_obj, length_tolerance=length_tolerance, progress=wrap,
                                      on_pair=lambda row: f.write(dumps(row) + "\n"))
@@ -129,15 +129,6 @@ def run_eval_pairs(pairs: str | Path, out_dir: str | Path, scorer: str, *, lengt
     finally:
         scorer_obj.close()
     return results
-
-
-def _count_lines(path: Path) -> int | None:
-    """Non-blank lines of a JSONL file, for the progress bar's total (None for a JSON list)."""
-    with open(path, "rb") as f:
-        if f.read(4096).lstrip().startswith(b"["):
-            return None
-        f.seek(0)
-        return sum(1 for line in f if line.strip())
 
 
 def _pct(x: float | None) -> str:
