@@ -97,15 +97,8 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
 
 
 def resolve_scorer(spec: str | None) -> str | None:
-    """`auto` (the CLI default) scores with TRM-lite when its checkpoint ships with the package, so `make
-    demo` shows scores as soon as the model exists and still works without it; `none` turns scoring off."""
-    if spec is None or spec == "none":
-        return None
-    if spec == "auto":
-        from ..lite import DEFAULT_DIR
-
-        return "lite" if (DEFAULT_DIR / "config.json").is_file() else None
-    return spec
+    """`none` turns scoring off; anything else is a scorer spec (the default, `lite`, ships with the package)."""
+    return None if spec is None or spec == "none" else spec
 
 
 def _take(items, n: int):
@@ -179,9 +172,9 @@ def analyze_command(
     structurer: str = typer.Option("heuristic", help="who proposes DAG actions: heuristic | embedding"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="report and skip malformed rows, don't stop"),
     limit: int | None = typer.Option(None, "--limit", help="analyse only the first N traces"),
-    scorer: str = typer.Option("auto", "--scorer", help="score each trace with this scorer, e.g. 'lite', "
-                               "'hf:PATH', 'vllm:URL' (see thinkrm.load_scorer); 'auto' = TRM-lite when its "
-                               "checkpoint is installed; 'none' = no scores"),
+    scorer: str = typer.Option("lite", "--scorer", help="score each trace with this scorer, e.g. 'lite' (the "
+                               "embedded TRM-lite), 'hf:PATH', 'vllm:URL' (see thinkrm.load_scorer); 'none' = "
+                               "no scores"),
 ) -> None:
     """Split traces into steps, build their reasoning DAGs, compute ME² signals, write a browsable report."""
     with user_errors():

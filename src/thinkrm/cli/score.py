@@ -175,12 +175,12 @@ def register(app: typer.Typer) -> None:
     retries_opt = typer.Option(None, min=0, help="Remote scorers: retries on connection errors, 429 and 5xx.")
     key_opt = typer.Option(None, "--api-key", envvar="THINKRM_API_KEY", show_envvar=True,
                            help="Remote scorers: bearer token.")
-    scorer_help = "Scorer: hf:PATH, sglang:URL, vllm:URL, openrlhf:URL, thinkrm:URL, length, random, lite."
+    scorer_help = "Scorer: lite (the embedded TRM-lite), hf:PATH, sglang:URL, vllm:URL, openrlhf:URL, thinkrm:URL, length, random."
 
     @app.command("score")
     def score_cmd(
         traces: Path = typer.Argument(..., help="Traces (JSONL or JSON list): prompt + reasoning/response."),
-        scorer: str = typer.Option(..., "--scorer", "-s", help=scorer_help),
+        scorer: str = typer.Option("lite", "--scorer", "-s", help=scorer_help),
         out: Path = typer.Option(..., "-o", "--out", help="Output JSONL: every input row plus `score`."),
         resume: bool = typer.Option(False, "--resume", help="Keep rows already in the output."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Report and skip malformed rows."),
@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
     @app.command("eval-pairs")
     def eval_pairs_cmd(
         pairs: Path = typer.Argument(..., help="Pairs: prompt, chosen, rejected [, kind, margin]."),
-        scorer: str = typer.Option(..., "--scorer", "-s", help=scorer_help),
+        scorer: str = typer.Option("lite", "--scorer", "-s", help=scorer_help),
         out: Path = typer.Option(..., "-o", "--out", help="Output directory: results.json, outputs.jsonl."),
         length_tolerance: float = typer.Option(0.10, help="Max relative length gap of length-matched pairs."),
         batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
