@@ -1,7 +1,7 @@
 """The reasoning DAG: how the steps of a trace hang together.
 
-CONTRACT (the state machine and `build_dag` are owned by the core-pipeline work stream; the data model
-below is shared by ME² analysis, the report, the judge and TRM-lite, so change it only with all of them).
+The data model below is shared by ME² analysis, the report, the judge and TRM-lite (and its JSON form is
+what `thinkrm analyze` writes), so change it with all of them in mind.
 
 Walking the steps in order, each step either *continues* the main path, *backtracks* to an earlier
 main-path step (opening a new branch from it), or *merges* the results of >= 2 branches. Linear chains of

@@ -1,6 +1,5 @@
 """The one input format every reward model in thinkrm reads, and how it is cut to fit.
 
-CONTRACT (truncation and the chat-template mode are owned by the reward-model work stream):
 `format_input(prompt, reasoning)` is `prompt + "\n" + reasoning`, the reasoning being the text before the
 end-of-thinking marker (never the final answer), exactly as the published TRM-8B is served. Training,
 scoring, serving and RL all call it, so a model never sees one format in training and another in use.

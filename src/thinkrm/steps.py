@@ -1,6 +1,5 @@
 """Step partitioning: split a reasoning trace into steps.
 
-CONTRACT (implementation owned by the core-pipeline work stream):
 A trace is cut on blank lines; a segment starts a new step only if its first word is in the delimiter
 lexicon, else it joins the step before. Traces without blank lines fall back to lines, then sentences;
 tiny fragments merge into neighbours.
