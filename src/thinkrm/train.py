@@ -272,6 +272,7 @@ def _world_size() -> int:
 
 
 def _reward_config(config: TrainConfig, has_eval: bool):
+    import torch
     from trl import RewardConfig
 
     per_step = config.per_device_batch_size * _world_size()
@@ -300,6 +301,8 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         greater_is_better=True if keep_best else None,
         logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed,
         report_to=config.report_to,
+        # Pinned host memory only helps copies to a GPU; on CPU runs it just warns.
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 
