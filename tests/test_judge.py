@@ -163,6 +163,9 @@ def test_answer_after_think_is_not_judged(tmp_path):
     p.write_text(json.dumps({"prompt": "q", "a": "reason A</think>The answer is 5", "b": "reason B"}) + "\n")
     (pair,) = load_judge_pairs(p)
     assert pair.a == "reason A" and pair.id == "1"
+    p.write_text(json.dumps({"prompt": "q", "a": "<think>\n</think>42", "b": "reason B"}) + "\n")
+    with pytest.raises(InputError, match="field 'a': no reasoning before the end-of-thinking marker"):
+        load_judge_pairs(p)
 
 
 def test_llm_summaries_feed_the_macro_view():

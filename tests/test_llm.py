@@ -267,3 +267,11 @@ def test_rejected_seed_is_dropped():
     with ScriptedServer(script) as srv:
         (a, b), _ = chat(cfg(srv.url, max_retries=0), {"temperature": 0.7}, {"temperature": 0.7, "sample": 1})
     assert a.text == b.text == "ok" and [("seed" in r) for r in srv.requests] == [True, False, False]
+
+
+def test_cache_key_separates_servers_serving_the_same_model_name():
+    from thinkrm.llm import request_key
+
+    args = ("m", [{"role": "user", "content": "hi"}], {"temperature": 0.7}, 0)
+    assert request_key("http://a/v1", *args) != request_key("http://b/v1", *args)
+    assert request_key("http://a/v1", *args) == request_key("http://a/v1", *args)

@@ -223,12 +223,14 @@ class Builder:
             part = todo[i:i + chunk]
             report = verify_batch_report([t["response"] for t in part], [gold[t["problem_id"]] for t in part],
                                          timeout=self.cfg.verify_timeout, workers=self.cfg.verify_workers)
+            recs = []
             for t, ok in zip(part, report.results):
                 answer = extract_answer(t["response"])
                 rec = {"id": t["id"], "correct": bool(ok), "answer": answer}
                 if answer is None:
                     rec["note"] = "no final answer found after the reasoning"
-                store.add(rec)
+                recs.append(rec)
+            store.add_many(recs)
             if report.timeouts or report.errors:
                 self.notes.append(f"verify: {report.timeouts} items timed out after {self.cfg.verify_timeout}s "
                                   f"and {report.errors} failed; counted as wrong")

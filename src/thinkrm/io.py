@@ -127,6 +127,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 
 
 def _umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere it can only be read by setting it, which
+    briefly affects files other threads create, so that is the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -119,7 +119,7 @@ async def trace_views(llm: LLMClient, prompt: str, reasoning: str, cfg: JudgeCon
         return Views(reasoning, reasoning, reasoning)
     from .llm_structure import build_dag_async, summarize_dag
 
-    dag = await build_dag_async(llm, reasoning, cfg.structurer)
+    dag = await build_dag_async(llm, reasoning, cfg.structurer, prompt=prompt)
     if cfg.llm_summaries:
         await summarize_dag(llm, dag, prompt)
     return Views(reasoning, dag.macro_view(), dag.micro_view())
@@ -249,6 +249,9 @@ def pair_from_record(rec: dict[str, Any], *, default_id: str, file: str | None =
 
     prompt = text("prompt")
     a, b = split_response(text("a"))[0], split_response(text("b"))[0]
+    for name, side in (("a", a), ("b", b)):
+        if not side.strip():
+            raise InputError("no reasoning before the end-of-thinking marker", file=file, line=line, field=name)
     rid = rec.get("id", default_id)
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise InputError("expected a string or integer", file=file, line=line, field="id")

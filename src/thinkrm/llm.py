@@ -156,8 +156,12 @@ class _Cache:
             self._db.close()
 
 
-def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int) -> str:
-    blob = json.dumps({"model": model, "messages": messages, "params": params, "sample": sample},
+def request_key(base_url: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
+                sample: int) -> str:
+    """Cache key of one sampled answer. The server is part of it: two endpoints may serve different weights
+    under the same model name, and build-pairs gives all its generators one cache file."""
+    blob = json.dumps({"base_url": base_url, "model": model, "messages": messages, "params": params,
+                       "sample": sample},
                       sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -219,7 +223,7 @@ class LLMClient:
         params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         if json_schema is not None:
             params["json_schema"] = json_schema
-        key = request_key(model, messages, params, sample)
+        key = request_key(self.config.base_url, model, messages, params, sample)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             self.stage_usage(stage).add(hit)
             return hit
@@ -324,11 +328,6 @@ def _retry_after(resp: Any) -> float | None:
         return float(resp.headers.get("retry-after", ""))
     except ValueError:
         return None
-
-
-def run(coro: Awaitable[T]) -> T:
-    """Run a coroutine from synchronous code (the sync faces of the judge and builder use this)."""
-    return asyncio.run(coro)
 
 
 async def gather_limited(aws: Iterable[Awaitable[T]]) -> list[T]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,8 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
         console.print(f"[yellow]skipped[/] {e}", highlight=False)
 
     stream = load_traces(traces, skip_bad=skip_bad, on_bad=on_bad)
-    total = count_lines(traces)
-    if limit is not None:
+    total = count_lines(traces) if show_progress else None  # a second full read, only for a visible bar
+    if show_progress and limit is not None:
         total = min(total, limit) if total is not None else limit
     try:
         with atomic_write(analysis_path) as jf, atomic_write(report_path) as hf:
@@ -82,7 +83,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
                     rows.append(_summary_row(trace.id, result, score))
                 batch.clear()
 
-            items = stream if limit is None else _take(stream, limit)
+            items = stream if limit is None else islice(stream, limit)
             for trace in progress(items, "analyzing", total=total) if show_progress else items:
                 dag = build_dag(trace.reasoning, structurer)
                 batch.append((trace, analyze(trace, dag=dag)))
@@ -99,13 +100,6 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
 def resolve_scorer(spec: str | None) -> str | None:
     """`none` turns scoring off; anything else is a scorer spec (the default, `lite`, ships with the package)."""
     return None if spec is None or spec == "none" else spec
-
-
-def _take(items, n: int):
-    for i, item in enumerate(items):
-        if i >= n:
-            return
-        yield item
 
 
 def _summary_row(trace_id: str, result, score: float | None) -> dict[str, Any]:
