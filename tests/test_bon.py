@@ -97,7 +97,7 @@ def test_scores_are_cached_once_per_distinct_input_and_resumed(tmp_path):
     first = CountingScorer()
     r1 = best_of_n(rows, first, ns=[2], repeats=2, cache_dir=tmp_path, workers=1)
     assert first.seen == 4 and r1["timings"]["scoring"]["scored"] == 4
-    cache = tmp_path / "scores-counting.jsonl"
+    (cache,) = tmp_path.glob("scores-counting-*.jsonl")
     lines = cache.read_text().splitlines()
     assert len(lines) == 4
     # A killed run leaves a torn line; the rerun keeps the finished scores and redoes only the rest.
@@ -197,3 +197,10 @@ def test_subsets_do_not_depend_on_which_rules_run():
     alone = evaluate_bon(problems, strategies=["argmax"], ns=[4], repeats=4, seed=5)
     assert alone["strategies"]["argmax"] == everything["strategies"]["argmax"]
     assert alone["baselines"]["random"] == everything["baselines"]["random"]
+
+
+def test_score_caches_of_long_specs_with_a_shared_prefix_stay_apart():
+    from thinkrm.bon import _slug
+
+    base = "hf:/" + "very/long/shared/checkpoint/path/" * 3
+    assert _slug(base + "checkpoint-1000") != _slug(base + "checkpoint-2000")

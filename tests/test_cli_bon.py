@@ -44,7 +44,7 @@ def test_writes_json_png_and_prints_the_table(tmp_path):
     assert result["ns"] == [1, 2, 4] and result["scorer"] == "length" and result["n_candidates"] == 24
     assert result["baselines"]["oracle"]["4"]["mean"] == 1.0
     assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "scores-length.jsonl").exists()
+    assert [p.name.split("-")[1] for p in out.glob("scores-*.jsonl")] == ["length"]
 
     again = run("bon", cands, "--scorer", "length", "-o", out, "--workers", "1", "--n", "1,2,4",
                 "--repeats", "5")

@@ -112,7 +112,9 @@ def candidate_from_record(rec: dict[str, Any], *, file: str | None = None,
 
 
 def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_")[:80] or "scorer"
+    """A file-name-safe cache name; the hash keeps long specs that share a prefix apart."""
+    digest = hashlib.sha1(spec.encode("utf-8")).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec).strip('_')[:60] or 'scorer'}-{digest}"
 
 
 def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str | Path | None = None,
@@ -131,7 +133,7 @@ def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str
             if k not in known:
                 first.setdefault(k, c)
         todo = list(first.items())
-        cached = len(known)
+        cached = len(set(keys) & known.keys())
         start = time.perf_counter()
         for b in range(0, len(todo), batch_size):
             chunk = todo[b:b + batch_size]
@@ -252,7 +254,7 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
     """Best-of-N accuracy of `scorer` (a spec like "lite" or a `Scorer`) on a candidate pool.
 
     Candidates without `correct` are verified against `gold`. With `cache_dir`, scores go to
-    `cache_dir/scores-<scorer>.jsonl` and a rerun scores only what is missing. Returns a JSON-ready dict:
+    `cache_dir/scores-<scorer>-<hash of the spec>.jsonl` and a rerun scores only what is missing. Returns a JSON-ready dict:
     accuracy per strategy and baseline per N, paired differences, and where the time went.
     """
     from .scoring import load_scorer

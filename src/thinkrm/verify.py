@@ -290,48 +290,57 @@ class VerifierPool:
         with self._lock:  # one batch at a time: workers and pipes are not shared between callers
             pending = list(range(len(args)))[::-1]
             busy: dict[int, tuple[int, float]] = {}  # worker -> (item, deadline)
-            while pending or busy:
-                idle = [i for i in range(self.size) if i not in busy][:len(pending)]
-                fresh = [i for i in idle if self._procs[i] is None or self._procs[i].poll() is not None]
-                for i in fresh:  # start them all, then wait: their imports overlap
-                    self._kill(i)
-                    self._start(i)
-                for i in fresh:
-                    self._ready(i)
-                for i in idle:
-                    item = pending.pop()
-                    try:
-                        self._conns[i].send((item, task, args[item]))
-                    except OSError:  # the worker died between items; fail this one, restart it next round
+            try:
+                while pending or busy:
+                    idle = [i for i in range(self.size) if i not in busy][:len(pending)]
+                    fresh = [i for i in idle if self._procs[i] is None or self._procs[i].poll() is not None]
+                    for i in fresh:  # start them all, then wait: their imports overlap
                         self._kill(i)
-                        report.errors += 1
-                        report.error_messages.append("worker died")
+                        self._start(i)
+                    for i in fresh:
+                        self._ready(i)
+                    for i in idle:
+                        item = pending.pop()
+                        try:
+                            self._conns[i].send((item, task, args[item]))
+                        except OSError:  # the worker died between items; fail this one, restart it next round
+                            self._kill(i)
+                            report.errors += 1
+                            report.error_messages.append("worker died")
+                            continue
+                        busy[i] = (item, time.monotonic() + timeout)
+                    if not busy:
                         continue
-                    busy[i] = (item, time.monotonic() + timeout)
-                if not busy:
-                    continue
-                now = time.monotonic()
-                readers = {self._conns[i].reader: i for i in busy}
-                ready = wait(list(readers), timeout=max(0.0, min(d for _, d in busy.values()) - now))
-                for r in ready:
-                    i = readers[r]
-                    item = busy.pop(i)[0]
-                    try:
-                        _, ok, value = self._conns[i].recv()
-                    except (EOFError, OSError):  # the worker died (e.g. out of memory)
-                        ok, value = False, "worker died"
-                        self._kill(i)
-                    if ok:
-                        report.results[item] = value
-                    else:
-                        report.errors += 1
-                        report.error_messages.append(value)
-                now = time.monotonic()
-                for i, (item, deadline) in list(busy.items()):
-                    if now >= deadline:
-                        busy.pop(i)
-                        self._kill(i)
-                        report.timeouts += 1
+                    now = time.monotonic()
+                    readers = {self._conns[i].reader: i for i in busy}
+                    ready = wait(list(readers), timeout=max(0.0, min(d for _, d in busy.values()) - now))
+                    for r in ready:
+                        i = readers[r]
+                        item = busy.pop(i)[0]
+                        try:
+                            got, ok, value = self._conns[i].recv()
+                        except (EOFError, OSError):  # the worker died (e.g. out of memory)
+                            got, ok, value = item, False, "worker died"
+                            self._kill(i)
+                        if got != item:  # a reply to some other item: never trust that worker again
+                            ok, value = False, "worker out of step"
+                            self._kill(i)
+                        if ok:
+                            report.results[item] = value
+                        else:
+                            report.errors += 1
+                            report.error_messages.append(value)
+                    now = time.monotonic()
+                    for i, (item, deadline) in list(busy.items()):
+                        if now >= deadline:
+                            busy.pop(i)
+                            self._kill(i)
+                            report.timeouts += 1
+            except BaseException:
+                # Workers still busy would leave their replies in the pipes, to be read as the next batch's.
+                for i in busy:
+                    self._kill(i)
+                raise
         report.seconds = time.monotonic() - start
         return report
 
