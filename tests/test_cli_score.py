@@ -163,3 +163,21 @@ def test_eval_pairs_failed_scorer_leaves_no_half_written_outputs(tmp_path):
                             "--retries", "1"])
     assert r.exit_code == 2 and "cannot reach http://127.0.0.1:9/v1/embeddings after 2 attempts" in r.output
     assert not out.exists() or list(out.iterdir()) == []
+
+
+
+def test_thinkrm_server_key_in_the_environment_is_not_sent_to_other_servers(tmp_path, monkeypatch):
+    from test_remote import FakeServer
+
+    server = FakeServer()
+    try:
+        monkeypatch.setenv("THINKRM_API_KEY", "our-server-key")
+        src = tmp_path / "t.jsonl"
+        write_jsonl(src, [{"id": "a", "prompt": "What is 2+3?", "reasoning": "2 + 3 = 5"}])
+        for spec, expected in ((f"vllm:{server.url}", None), (f"thinkrm:{server.url}", "Bearer our-server-key")):
+            r = CliRunner().invoke(app, ["score", str(src), "--scorer", spec, "-o", str(tmp_path / "o.jsonl")])
+            assert r.exit_code == 0, r.output
+            headers = {k.lower(): v for k, v in server.requests[-1][2].items()}
+            assert headers.get("authorization") == expected
+    finally:
+        server.close()

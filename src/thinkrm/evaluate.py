@@ -94,7 +94,17 @@ def evaluate_pairs(pairs: str | os.PathLike | Iterable[Pair], scorer: Scorer | s
     bad: list[InputError] = []
     if isinstance(pairs, (str, os.PathLike)):
         pairs = load_pairs(pairs, skip_bad=True, on_bad=bad.append)
+    owned = not isinstance(scorer, Scorer)  # built here from a spec, so closed here
     scorer = load_scorer(scorer)
+    try:
+        return _evaluate(pairs, scorer, bad, length_tolerance, progress, on_pair, chunk_size)
+    finally:
+        if owned:
+            scorer.close()
+
+
+def _evaluate(pairs, scorer: Scorer, bad: list[InputError], length_tolerance: float, progress, on_pair,
+              chunk_size: int) -> dict[str, Any]:
     baseline = LengthScorer()
     truncated_before = scorer.truncated
     model, length = _Report(), _Report()

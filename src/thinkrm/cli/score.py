@@ -173,8 +173,8 @@ def register(app: typer.Typer) -> None:
     dtype_opt = typer.Option(None, help="hf: dtype (auto, float32, bfloat16, float16).")
     timeout_opt = typer.Option(None, help="Remote scorers: seconds to wait for an answer.")
     retries_opt = typer.Option(None, min=0, help="Remote scorers: retries on connection errors, 429 and 5xx.")
-    key_opt = typer.Option(None, "--api-key", envvar="THINKRM_API_KEY", show_envvar=True,
-                           help="Remote scorers: bearer token.")
+    key_opt = typer.Option(None, "--api-key", help="Remote scorers: bearer token (thinkrm:URL also reads "
+                           "$THINKRM_API_KEY; other servers get a key only when it is given here).")
     scorer_help = "Scorer: lite (the embedded TRM-lite), hf:PATH, sglang:URL, vllm:URL, openrlhf:URL, thinkrm:URL, length, random."
 
     @app.command("score")
