@@ -107,6 +107,35 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
         LiteModel.load(tmp_path)
 
 
+def test_ensemble_scores_the_mean_of_differently_seeded_heads():
+    import torch
+
+    from thinkrm.lite import Embedder, featurize
+    from thinkrm.me2 import SIGNALS
+
+    cfg = LiteConfig(max_segments=4, hidden=4, glob_hidden=4, ensemble=3, signals=list(SIGNALS))
+    model = LiteModel.new(cfg, seed=7)
+    traces = list(load_traces(EXAMPLES))[:4]
+    f = featurize([Item(t.prompt, t.reasoning) for t in traces], cfg, Embedder())
+    from thinkrm.lite import _tensors
+
+    with torch.inference_mode():
+        heads = [m(*_tensors(f)).numpy() for m in model.net.members]
+    assert not np.allclose(heads[0], heads[1])  # seeds 7 and 8 start apart
+    assert np.allclose(model.score_features(f), np.mean(heads, 0), atol=1e-6)
+    again = LiteModel.new(cfg, seed=7)
+    assert np.array_equal(again.score_features(f), model.score_features(f))
+
+
+def test_invalid_config_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="invalid TRM-lite config"):
+        LiteConfig(ensemble=0)
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"ensemble": 0}}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="not a TRM-lite config"):
+        LiteModel.load(tmp_path)
+
+
 def test_split_is_by_group_and_reproducible_and_sources_weigh_equally():
     groups = [f"p{i % 50}" for i in range(400)]
     held = split_groups(groups, 0.2, seed=0)
@@ -117,6 +146,19 @@ def test_split_is_by_group_and_reproducible_and_sources_weigh_equally():
     pairs = [Pair(str(i), "p", "a", "b", extra={"source": "big" if i < 90 else "small"}) for i in range(100)]
     w = source_weights(pairs)
     assert w[:90].sum() == pytest.approx(w[90:].sum())
+    # A pool-specific share (`verified:gsm8k`) overrides the share of its kind (`verified`).
+    from thinkrm import lite
+
+    pairs = [Pair(str(i), "p", "a", "b", extra={"source": "prmbench" if i < 50 else "verified:gsm8k"})
+             for i in range(100)]
+    saved = dict(lite.SOURCE_SHARE)
+    try:
+        lite.SOURCE_SHARE["verified:gsm8k"] = 0.5
+        w = source_weights(pairs)
+    finally:
+        lite.SOURCE_SHARE.clear()
+        lite.SOURCE_SHARE.update(saved)
+    assert w[50:].sum() == pytest.approx(0.5 * w[:50].sum())
 
 
 @pytest.mark.slow
@@ -128,7 +170,7 @@ def test_train_lite_on_user_pairs_is_reproducible(tmp_path):
             for i in range(20)]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = dict(config=LiteConfig(max_segments=8, hidden=8), cache_dir=tmp_path / "cache", epochs=5,
+    cfg = dict(config=LiteConfig(max_segments=8, hidden=8, ensemble=2), cache_dir=tmp_path / "cache", epochs=5,
                show_progress=False)
     res = train_lite(str(pairs), tmp_path / "m1", None, 0, **cfg)
     train_lite(str(pairs), tmp_path / "m2", None, 0, **cfg)

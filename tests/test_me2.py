@@ -176,6 +176,45 @@ def test_micro_efficiency_filler_duplicates_paraphrases_and_rechecks():
     assert filler["filler_per_1k"] == pytest.approx(1000 * 4 / 11, abs=0.01)
 
 
+def test_recheck_phrases_and_certainty_claims_are_counted_anywhere_in_a_step():
+    text = "So 0.8 * 60 = 48. Let's calculate 0.8 * 60 once more to make sure, and confirm it is definitely 48."
+    a = analyze(text)
+    assert a.signals["micro_efficiency"]["recheck_phrases"] == pytest.approx(1000 * 3 / len(text.split()), abs=0.01)
+    assert [text[f.start:f.end] for f in a.findings if f.kind == "recheck_phrases"] == [
+        "once more", "to make sure", "confirm"]
+    assert a.signals["macro_effectiveness"]["unsupported_claims"] > 0
+    assert analyze("So 0.8 * 60 = 48.").signals["micro_efficiency"]["recheck_phrases"] == 0
+
+
+def test_unused_givens_compares_values_written_as_digits_or_words():
+    prompt = "Janet's ducks lay 16 eggs a day. She eats three and bakes with four. She sells the rest for $2 each."
+    full = "16 - 3 - 4 = 9 eggs are left, and 9 * 2 = 18 dollars.\nA: 18"
+    partial = "16 - 3 = 13 eggs are left, and 13 * 2 = 26 dollars.\nA: 26"  # ignores the four for muffins
+    assert analyze(full, prompt=prompt).flat()["unused_givens"] == 0.0
+    assert analyze(partial, prompt=prompt).flat()["unused_givens"] == 0.25
+    assert analyze(full, prompt="Add them up.").flat()["unused_givens"] is None  # nothing given
+    assert analyze(full).flat()["unused_givens"] is None  # no prompt
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("3 * 4 = 12 and 12 + 1 = 13.\nA: 13", 0),
+    ("3 * 4 = 12 and 12 + 1 = 13.\nA: 15", 1),  # the answer was never computed
+    ("So $x = 7$ and the answer is \\boxed{7}.", 0),
+    ("We guess it works, so the answer is \\boxed{7}.", 1),
+    ("So the answer is \\boxed{\\frac{1}{2}}.", None),  # not a plain number: nothing to check
+    ("No final answer here, only 3 * 4 = 12.", None),
+    ("= <<13*2=26>>26 dollars\n#### 26", 0),
+])
+def test_answer_not_derived(text, expected):
+    assert analyze(text).flat()["answer_not_derived"] == expected
+
+
+def test_odd_results_is_the_share_of_negative_or_fractional_results():
+    s = analyze("10 / 4 = 2.5 and 3 - 5 = -2, but 6 * 7 = 42 and 9 + 1 = 10.").flat()
+    assert s["arithmetic_checked"] == 4 and s["odd_results"] == 0.5
+    assert analyze("No arithmetic here.").flat()["odd_results"] == 0.0
+
+
 def test_empty_and_whitespace_traces_give_zero_signals():
     for text in ("", "   \n\n  "):
         a = analyze(text)

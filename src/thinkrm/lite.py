@@ -58,9 +58,15 @@ class LiteConfig:
     prompt_tokens: int = 64
     max_segments: int = 16  # segments embedded per trace; the rest enter only through the ME² features
     hidden: int = 64
+    glob_hidden: int = 16  # width of the MLP on trace-level features (0 = linear term only)
+    ensemble: int = 5  # independently trained heads whose scores are averaged (the backbone pass is shared)
     use_embeddings: bool = True
     use_structure: bool = True
     signals: list[str] = field(default_factory=list)  # ME² signal names, in feature order
+
+    def __post_init__(self):
+        if self.ensemble < 1 or self.max_segments < 2 or self.hidden < 1 or self.glob_hidden < 0:
+            raise ValueError(f"invalid TRM-lite config: {self}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -284,6 +290,23 @@ def featurize(items: Sequence[Item | tuple[str, str]], config: LiteConfig, embed
 
 
 def _build_net(config: LiteConfig, glob_dim: int):
+    """`config.ensemble` heads averaged. Why an ensemble: one head trained on a few thousand pairs ranks
+    Best-of-N candidates noisily (its choice flips with the seed); the heads cost microseconds next to the
+    MiniLM pass they share, so averaging five is nearly free and steadies the ranking."""
+    from torch import nn
+
+    class Ensemble(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = nn.ModuleList(_build_head(config, glob_dim) for _ in range(config.ensemble))
+
+        def forward(self, *inputs):
+            return sum(m(*inputs) for m in self.members) / len(self.members)
+
+    return Ensemble()
+
+
+def _build_head(config: LiteConfig, glob_dim: int):
     import torch
     from torch import nn
 
@@ -297,6 +320,10 @@ def _build_net(config: LiteConfig, glob_dim: int):
             self.seg = nn.Sequential(nn.Linear(seg_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
             self.pool = nn.Linear(3, 1, bias=False)
             self.glob = nn.Linear(glob_dim, 1)
+            # Trace-level cues interact: fractional results are a red flag in a word problem about people
+            # and normal in algebra, so a small MLP sits next to the linear term.
+            self.glob_mlp = (nn.Sequential(nn.Linear(glob_dim, config.glob_hidden), nn.GELU(),
+                                           nn.Linear(config.glob_hidden, 1)) if config.glob_hidden else None)
             for name in ("seg_mean", "seg_std"):
                 self.register_buffer(name, torch.zeros(len(SEGMENT_FEATURES)) if name == "seg_mean"
                                      else torch.ones(len(SEGMENT_FEATURES)))
@@ -320,7 +347,9 @@ def _build_net(config: LiteConfig, glob_dim: int):
             lo = torch.where(mask, s, big).min(1).values
             empty = ~mask.any(1)
             pooled = torch.stack([mean, torch.where(empty, 0, hi), torch.where(empty, 0, lo)], -1)
-            return self.pool(pooled).squeeze(-1) + self.glob((glob - self.glob_mean) / self.glob_std).squeeze(-1)
+            g = (glob - self.glob_mean) / self.glob_std
+            out = self.pool(pooled).squeeze(-1) + self.glob(g).squeeze(-1)
+            return out + self.glob_mlp(g).squeeze(-1) if self.glob_mlp is not None else out
 
     return LiteNet()
 
@@ -342,10 +371,15 @@ class LiteModel:
 
     @classmethod
     def new(cls, config: LiteConfig, seed: int) -> LiteModel:
+        """Fresh heads; member k is initialised from seed `seed + k` (and `fit` shuffles it with that seed)."""
         import torch
 
-        torch.manual_seed(seed)
-        return cls(config, _build_net(config, glob_width(config)))
+        net = _build_net(config, glob_width(config))
+        for k, member in enumerate(net.members):
+            torch.manual_seed(seed + k)
+            fresh = _build_head(config, glob_width(config))
+            member.load_state_dict(fresh.state_dict())
+        return cls(config, net)
 
     @classmethod
     def load(cls, path: str | os.PathLike = DEFAULT_DIR) -> LiteModel:
@@ -360,7 +394,7 @@ class LiteModel:
         try:
             raw = json.loads(cfg_file.read_text(encoding="utf-8"))
             config = LiteConfig(**raw["config"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise InputError(f"not a TRM-lite config ({e})", file=cfg_file) from None
         net = _build_net(config, glob_width(config))
         try:
@@ -430,9 +464,8 @@ POOLS = {"skythought-math500": Path("skythought-math500") / "candidates.jsonl",
          "gsm8k": Path("gsm8k-candidates") / "dev.jsonl"}
 PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
-BON_PROBLEMS = 150  # held-out problems per pool scored for Best-of-N (bounded: long traces cost the most)
 OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trace dominates
-VERIFIED_PAIRS_PER_PROBLEM = 2  # (correct, incorrect) candidate pairs per training problem
+VERIFIED_PAIRS_PER_PROBLEM = 4  # (correct, incorrect) candidate pairs per training problem
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -546,9 +579,7 @@ def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, con
             cands = load_candidates(path)
             held_pool = split_groups((c.problem_id for c in cands), POOL_TEST_FRACTION, seed)
             split[f"{name}_test_problem_ids"] = sorted(held_pool)
-            scored = set(sorted(held_pool, key=lambda k: random.Random(f"{seed}:{k}").random())[:BON_PROBLEMS])
-            split[f"{name}_bon_problem_ids"] = sorted(scored)
-            pools[name] = [c for c in cands if c.problem_id in scored]
+            pools[name] = [c for c in cands if c.problem_id in held_pool]
             train_cands = [c for c in cands if c.problem_id not in held_pool]
             train += perturbation_pairs(train_cands, name, seed, config.max_segments)
             train += verified_pairs(train_cands, name, seed)
@@ -583,11 +614,19 @@ def _index(items: list[Item], config: LiteConfig, embedder: Embedder, chunk: int
 
 def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarray, *, epochs: int = 40,
         lr: float = 2e-3, batch: int = 256, seed: int = 0, weight_decay: float = 1e-4) -> list[float]:
-    """Bradley-Terry training on (chosen_row, rejected_row) index pairs; returns the mean loss per epoch."""
+    """Bradley-Terry training of each ensemble member on (chosen_row, rejected_row) index pairs, member k
+    with seed `seed + k`; returns the members' mean loss per epoch."""
+    per_member = [_fit_head(net, feats, pairs, weights, epochs=epochs, lr=lr, batch=batch, seed=seed + k,
+                            weight_decay=weight_decay) for k, net in enumerate(model.net.members)]
+    model.net.eval()
+    return [float(np.mean(x)) for x in zip(*per_member)]
+
+
+def _fit_head(net: Any, feats: Features, pairs: np.ndarray, weights: np.ndarray, *, epochs: int, lr: float,
+              batch: int, seed: int, weight_decay: float) -> list[float]:
     import torch
 
     torch.manual_seed(seed)
-    net = model.net
     # Standardise inputs with training-set statistics, stored in the checkpoint.
     rows = np.unique(pairs)
     sx = feats.seg_x[rows][feats.seg_idx[rows] >= 0]
@@ -641,7 +680,7 @@ def source_weights(pairs: Sequence[Pair]) -> np.ndarray:
     has, so thousands of cheap perturbations do not drown the real PRMBench pairs (and vice versa)."""
     sources = [p.extra["source"] for p in pairs]
     counts = {s: sources.count(s) for s in set(sources)}
-    share = {s: SOURCE_SHARE.get(s.split(":")[0], 1.0) for s in counts}
+    share = {s: SOURCE_SHARE.get(s, SOURCE_SHARE.get(s.split(":")[0], 1.0)) for s in counts}
     total = sum(share.values())
     return np.array([len(pairs) * share[s] / (total * counts[s]) for s in sources], dtype=np.float64)
 
@@ -760,11 +799,14 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         f"{cfg.prompt_tokens}; at most {cfg.max_segments} segments per trace (evenly spaced, first and last kept).",
         f"- Segment MLP ({'embedding, embedding x prompt embedding, ' if cfg.use_embeddings else ''}"
         f"{', '.join(SEGMENT_FEATURES)}) -> hidden {cfg.hidden} -> 1; pooled by mean/max/min.",
-        f"- Trace-level linear term on {', '.join(SIZE_FEATURES)}"
+        f"- Trace-level linear term{f' plus an MLP (hidden {cfg.glob_hidden})' if cfg.glob_hidden else ''} on "
+        f"{', '.join(SIZE_FEATURES)}"
         + (f", DAG sizes ({', '.join(DAG_SIZES)}) and {len(cfg.signals)} ME² signals ({', '.join(cfg.signals)})."
            if cfg.use_structure else "."),
-        f"- {n_params:,} trained parameters; Bradley-Terry loss, AdamW, {meta.get('epochs')} epochs, "
-        f"seed {meta.get('seed')}; final training loss {meta.get('final_loss', float('nan')):.4f}.", "",
+        f"- An ensemble of {cfg.ensemble} such heads (seeds {meta.get('seed')}..{meta.get('seed', 0) + cfg.ensemble - 1})"
+        " whose scores are averaged; they share the backbone pass.",
+        f"- {n_params:,} trained parameters; Bradley-Terry loss, AdamW, {meta.get('epochs')} epochs; "
+        f"final training loss (mean over heads) {meta.get('final_loss', float('nan')):.4f}.", "",
         "## Data", "",
         "| file | sha256 |", "|---|---|",
         *[f"| `{k}` | `{v}` |" for k, v in meta.get("data_sha256", {}).items()], "",
@@ -775,8 +817,7 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations "
         f"({OPS_PER_TRACE} random ops per trace) and up to {VERIFIED_PAIRS_PER_PROBLEM} (correct, incorrect) "
         "candidate pairs per problem come only from the training half, and "
-        f"Best-of-N is scored on {BON_PROBLEMS} random held-out problems per pool. The held-out ids are in "
-        "`split.json`.", "",
+        "Best-of-N is scored on every held-out problem of each pool. The held-out ids are in `split.json`.", "",
         "Reproduce: `make lite-model` (= `thinkrm train --arch lite --shared ../shared/data -o src/thinkrm/data/lite"
         f" --seed {meta.get('seed')}`).", "",
         "## Results on held-out problems", "",

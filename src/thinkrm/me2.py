@@ -59,7 +59,10 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
               "share of steps that share no content word or number with the prompt (null without a prompt)"),
     SignalDef("unsupported_claims", "macro_effectiveness", "lower",
               "hand-waving phrases that assert instead of showing (\"obviously\", \"clearly\", "
-              "\"it is easy to see\", ...) per 1,000 words"),
+              "\"it is easy to see\", \"definitely\", \"without a doubt\", ...) per 1,000 words"),
+    SignalDef("unused_givens", "macro_effectiveness", "lower",
+              "share of the distinct numbers stated in the prompt (digits or number words) that the reasoning "
+              "never mentions: conditions the solution ignored (null without a prompt or when it states none)"),
     SignalDef("words_per_step", "micro_efficiency", "neither",
               "mean whitespace-separated words per step"),
     SignalDef("filler_per_1k", "micro_efficiency", "lower",
@@ -73,6 +76,9 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
     SignalDef("reverifications", "micro_efficiency", "lower",
               "verification steps (\"let me check/verify\", \"double-check\", \"to confirm\", ...) after the "
               "first one"),
+    SignalDef("recheck_phrases", "micro_efficiency", "lower",
+              "phrases that redo or re-confirm finished work anywhere in a step (\"again\", \"once more\", "
+              "\"recalculate\", \"re-check\", \"confirm\", \"to make sure\", ...) per 1,000 words"),
     SignalDef("self_corrections", "micro_effectiveness", "lower",
               "explicit admissions of an error (\"no, that's wrong\", \"I made a mistake\", "
               "\"that's incorrect\", ...): each marks a false step earlier"),
@@ -83,6 +89,13 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
     SignalDef("arithmetic_wrong", "micro_effectiveness", "lower",
               "checked arithmetic claims whose two sides differ (beyond the rounding the right-hand side's "
               "decimals allow)"),
+    SignalDef("answer_not_derived", "micro_effectiveness", "lower",
+              "1 when the final answer (last `\\boxed{}`, `answer is`, `A:` or `####`) is a number that no "
+              "earlier `= value` or computation result states: asserted, not derived; 0 when one does; null "
+              "without a numeric final answer"),
+    SignalDef("odd_results", "micro_effectiveness", "neither",
+              "share of checked arithmetic claims whose result is negative or not a whole number (counts of "
+              "people or coins cannot be; in algebra they are normal, so the reward model weighs it)"),
 ]}
 
 POSTINGS = 64  # steps remembered per shingle/word when looking for repeats (see `repetitions`)
@@ -103,7 +116,23 @@ _FILLER = re.compile(r"\b(?:hmm+|um+|uh+|okay,? so|ok,? so|alright|let me think|
                      re.IGNORECASE)
 _UNSUPPORTED = re.compile(r"\b(?:obviously|clearly|trivially|it is (?:easy|clear|obvious) (?:to see )?that|"
                           r"it's (?:easy|clear|obvious) (?:to see )?that|it is well[- ]known|"
-                          r"it's well[- ]known)\b", re.IGNORECASE)
+                          r"it's well[- ]known|definitely|certainly|undoubtedly|unquestionably|evidently|"
+                          r"without (?:a|any) doubt|no doubt|for sure|it is certain|guaranteed)\b", re.IGNORECASE)
+_RECHECK = re.compile(r"\b(?:again|once more|re-?(?:check|calculat|comput|evaluat|examin|verif|confirm|stat)\w*|"
+                      r"confirm\w*|to (?:ensure|make sure|be certain))\b", re.IGNORECASE)
+# Numbers as a prompt states them: digits (with thousands separators) or the common number words.
+_NUMBER = re.compile(r"(?<![\w.])\d{1,15}(?:,\d{3}(?!\d))*(?:\.\d+)?|\b[a-z]+\b", re.IGNORECASE)
+_NUMBER_WORDS = {w: float(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {
+    "thirty": 30.0, "forty": 40.0, "fifty": 50.0, "sixty": 60.0, "seventy": 70.0, "eighty": 80.0,
+    "ninety": 90.0, "hundred": 100.0, "thousand": 1000.0, "dozen": 12.0, "half": 0.5, "twice": 2.0,
+    "double": 2.0, "triple": 3.0, "thrice": 3.0, "quarter": 0.25}
+# The final answer: the last \boxed{...} (one level of nested braces), else the last answer statement.
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_LINE = re.compile(r"(?:\banswer(?: is|:)|^A:|^####)\s*[:=]?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(?!\s*[-+*/^])",
+                          re.IGNORECASE | re.MULTILINE)
+_RESULT = re.compile(r"=\s*\$?\s*(?:<<[^>]*>>)?\s*(-?\d[\d,]*(?:\.\d+)?)")
 _CORRECTION = re.compile(r"(?:\bno,? (?:that's|that is|this is|it's) "
                          r"(?:wrong|not right|incorrect|not correct)|"
                          r"\bthat(?:'s| is| was) (?:wrong|incorrect|not right|a mistake)|\bi made (?:a|an) "
@@ -286,8 +315,12 @@ class _Analyzer:
         for m in _UNSUPPORTED.finditer(self.text):
             unsupported += 1
             self.find("unsupported_claims", m.start(), m.end(), m.group(0))
+        unused: float | None = None
+        given = _numbers(self.prompt) if self.prompt is not None else set()
+        if given:
+            unused = round(len(given - _numbers(self.text)) / len(given), 3)
         return {"path_coherence": coherence, "question_drift": drift,
-                "unsupported_claims": self.per_1k(unsupported)}
+                "unsupported_claims": self.per_1k(unsupported), "unused_givens": unused}
 
     # -- micro-efficiency: are the steps concise -------------------------------------------------------------
     def micro_efficiency(self) -> dict[str, Value]:
@@ -300,8 +333,13 @@ class _Analyzer:
                 if verifications > 1:
                     self.find("reverifications", s.start, s.end, f"verification #{verifications}")
         wps = round(self.total_words / len(self.steps), 1) if self.steps else 0.0
+        rechecks = 0
+        for m in _RECHECK.finditer(self.text):
+            rechecks += 1
+            self.find("recheck_phrases", m.start(), m.end(), m.group(0))
         return {"words_per_step": wps, "filler_per_1k": self.per_1k(filler), "near_duplicate_steps": near_dup,
-                "paraphrase_loops": paraphrase, "reverifications": max(0, verifications - 1)}
+                "paraphrase_loops": paraphrase, "reverifications": max(0, verifications - 1),
+                "recheck_phrases": self.per_1k(rechecks)}
 
     def repetitions(self) -> tuple[int, int]:
         """(near-duplicate steps, paraphrased steps), via inverted indexes so long traces stay fast.
@@ -349,17 +387,33 @@ class _Analyzer:
                 vals = ", ".join(f"{v:g}" for v in seen)
                 for start, end in list(seen.values())[1:]:
                     self.find("conflicting_values", start, end, f"{name} takes values {vals}")
-        checked = wrong = 0
-        for claim in self.arithmetic_claims():
+        checked = wrong = odd = 0
+        for start, end, holds, note, result in self.arithmetic_claims():
             checked += 1
-            if not claim[2]:
+            odd += result < 0 or result != int(result)
+            if not holds:
                 wrong += 1
-                self.find("arithmetic_wrong", claim[0], claim[1], claim[3])
+                self.find("arithmetic_wrong", start, end, note)
         return {"self_corrections": corrections, "conflicting_values": conflicts,
-                "arithmetic_checked": checked, "arithmetic_wrong": wrong}
+                "arithmetic_checked": checked, "arithmetic_wrong": wrong,
+                "answer_not_derived": self.answer_not_derived(),
+                "odd_results": round(odd / checked, 3) if checked else 0.0}
+
+    def answer_not_derived(self) -> int | None:
+        """Whether the final numeric answer was never stated as the value of anything before it."""
+        answer = _final_answer(self.text)
+        if answer is None:
+            return None
+        value, at = answer
+        for m in _RESULT.finditer(self.text, 0, at):
+            if _as_number(m.group(1)) == value:
+                return 0
+        self.find("answer_not_derived", at, at + 1, f"final answer {value:g} is not the result of any step")
+        return 1
 
     def arithmetic_claims(self):
-        """Yield (start, end, holds, note) for each `expr = expr` pair where a side has an operator."""
+        """Yield (start, end, holds, note, value of the right side) for each `expr = expr` pair where a side
+        has an operator."""
         for m in _CHAIN.finditer(self.text):
             raw = m.group(0)
             start = m.start() + len(raw) - len(raw.lstrip())
@@ -380,7 +434,45 @@ class _Analyzer:
                     continue
                 claim = f"{left.strip()} = {right.strip()}"
                 holds = _close(lv, rv, right if not _has_op(right) else None)
-                yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})"
+                yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})", rv
+
+
+def _as_number(token: str) -> float | None:
+    t = token.replace(",", "")
+    try:
+        return float(t)
+    except ValueError:
+        return _NUMBER_WORDS.get(t.lower())
+
+
+def _numbers(text: str) -> set[float]:
+    """The distinct numeric values a text states (digits or number words)."""
+    out = set()
+    for m in _NUMBER.finditer(text):
+        v = _as_number(m.group(0))
+        if v is not None:
+            out.add(v)
+    return out
+
+
+def _final_answer(text: str) -> tuple[float, int] | None:
+    """(value, offset) of the final answer when it is a plain number, else None."""
+    boxed = None
+    for boxed in _BOXED.finditer(text):
+        pass
+    line = None
+    for line in _ANSWER_LINE.finditer(text):
+        pass
+    if boxed is not None and (line is None or boxed.start() > line.start()):
+        raw = boxed.group(1).strip().strip("$").replace("\\!", "").replace("{,}", ",")
+        if not re.fullmatch(r"-?\d[\d,]*(?:\.\d+)?", raw):
+            return None
+        v = _as_number(raw)
+        return (v, boxed.start()) if v is not None else None
+    if line is not None:
+        v = _as_number(line.group(1))
+        return (v, line.start()) if v is not None else None
+    return None
 
 
 def _similar(sets: list[set[str]], threshold: float, min_size: int = 1) -> dict[int, int]:

@@ -17,7 +17,8 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: a piped or captured stderr is 80 columns to rich, and a long path must not break the line.
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
