@@ -133,6 +133,33 @@ def test_output_is_a_plain_checkpoint_with_sidecar_and_report(trained):
     assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
 
 
+def test_cast_checkpoint_matches_a_model_cast_before_saving(tmp_path, tiny_reward_model):
+    from thinkrm.train import cast_checkpoint
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model)
+    model.save_pretrained(tmp_path / "cast")  # float32, as a sharded (ZeRO-3 / FSDP2) save writes it
+    cast_checkpoint(tmp_path / "cast", "bfloat16")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "ref")
+    cast = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cast", dtype="auto")
+    ref = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ref", dtype="auto")
+    assert cast.dtype == ref.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "cast" / "config.json").read_text()).get("dtype") == \
+        json.loads((tmp_path / "ref" / "config.json").read_text()).get("dtype")
+    for (name, a), (_, b) in zip(cast.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not list((tmp_path / "cast").glob("*.part"))
+
+
+def test_a_stale_saving_folder_does_not_leak_into_the_checkpoint(tmp_path, tiny_reward_model):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16, seed=1))
+    out = tmp_path / "rm"
+    (out / ".saving").mkdir(parents=True)
+    (out / ".saving" / "model-00002-of-00002.safetensors").write_bytes(b"left by a killed save")
+    train(fast_config(pairs, out, tiny_reward_model, max_steps=1))
+    assert not (out / ".saving").exists() and not (out / "model-00002-of-00002.safetensors").exists()
+    AutoModelForSequenceClassification.from_pretrained(out)
+
+
 def test_saved_model_scores_the_same_through_hf_scorer(trained):
     from thinkrm import load_scorer
 

@@ -450,10 +450,17 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
     """Write the plain checkpoint into a temporary folder, move it into `out`, then the sidecar last."""
     acc = trainer.accelerator
     tmp = out / ".saving"
+    if acc.is_main_process:
+        # A save killed half-way leaves files here that the move below would take for this run's.
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if sharded:
-        # Gathers the full weights from every rank (ZeRO-3 / FSDP2 configs ask for a full state dict).
+        # Gathers the full weights from every rank (ZeRO-3 / FSDP2 configs ask for a full state dict); they
+        # come out in the training dtype, so --save-dtype is applied to the written files.
         trainer.save_model(str(tmp))
+        if config.save_dtype and acc.is_main_process:
+            cast_checkpoint(tmp, config.save_dtype)
     elif acc.is_main_process:
         model = acc.unwrap_model(trainer.model)
         if config.lora:
@@ -486,6 +493,30 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
     })
     if not config.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+
+
+def cast_checkpoint(folder: Path, dtype_name: str) -> None:
+    """Cast the floating-point tensors of a saved checkpoint's safetensors files to `dtype_name` in place and
+    record the dtype in its config.json, as `save_pretrained` does for a model cast before saving."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    dtype = _torch_dtype(dtype_name, "--save-dtype")
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            meta = st.metadata()
+            tensors = {k: st.get_tensor(k) for k in st.keys()}
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        part = f.with_name(f.name + ".part")
+        save_file(tensors, str(part), metadata=meta)
+        os.replace(part, f)
+    cfg_file = folder / "config.json"
+    if cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        cfg["dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"] = dtype_name
+        write_json(cfg_file, cfg)
 
 
 def _report_dict(report: TrainReport) -> dict[str, Any]:
