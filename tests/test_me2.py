@@ -194,6 +194,8 @@ def test_unused_givens_compares_values_written_as_digits_or_words():
     assert analyze(partial, prompt=prompt).flat()["unused_givens"] == 0.25
     assert analyze(full, prompt="Add them up.").flat()["unused_givens"] is None  # nothing given
     assert analyze(full).flat()["unused_givens"] is None  # no prompt
+    assert analyze("It tends to infinity.", prompt="Is nan a number? Does it reach infinity?").flat()[
+        "unused_givens"] is None  # words that float() would parse are not numbers
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -289,16 +289,24 @@ def featurize(items: Sequence[Item | tuple[str, str]], config: LiteConfig, embed
 # model
 
 
-def _build_net(config: LiteConfig, glob_dim: int):
-    """`config.ensemble` heads averaged. Why an ensemble: one head trained on a few thousand pairs ranks
-    Best-of-N candidates noisily (its choice flips with the seed); the heads cost microseconds next to the
-    MiniLM pass they share, so averaging five is nearly free and steadies the ranking."""
+def _build_net(config: LiteConfig, glob_dim: int, seed: int | None = None):
+    """`config.ensemble` heads averaged, head k initialised from seed `seed + k` when a seed is given.
+
+    Why an ensemble: one head trained on a few thousand pairs ranks Best-of-N candidates noisily (its choice
+    flips with the seed); the heads cost microseconds next to the MiniLM pass they share, so averaging five
+    is nearly free and steadies the ranking."""
+    import torch
     from torch import nn
+
+    def head(k: int):
+        if seed is not None:
+            torch.manual_seed(seed + k)
+        return _build_head(config, glob_dim)
 
     class Ensemble(nn.Module):
         def __init__(self):
             super().__init__()
-            self.members = nn.ModuleList(_build_head(config, glob_dim) for _ in range(config.ensemble))
+            self.members = nn.ModuleList(head(k) for k in range(config.ensemble))
 
         def forward(self, *inputs):
             return sum(m(*inputs) for m in self.members) / len(self.members)
@@ -372,14 +380,7 @@ class LiteModel:
     @classmethod
     def new(cls, config: LiteConfig, seed: int) -> LiteModel:
         """Fresh heads; member k is initialised from seed `seed + k` (and `fit` shuffles it with that seed)."""
-        import torch
-
-        net = _build_net(config, glob_width(config))
-        for k, member in enumerate(net.members):
-            torch.manual_seed(seed + k)
-            fresh = _build_head(config, glob_width(config))
-            member.load_state_dict(fresh.state_dict())
-        return cls(config, net)
+        return cls(config, _build_net(config, glob_width(config), seed))
 
     @classmethod
     def load(cls, path: str | os.PathLike = DEFAULT_DIR) -> LiteModel:

@@ -439,10 +439,12 @@ class _Analyzer:
 
 def _as_number(token: str) -> float | None:
     t = token.replace(",", "")
+    if not t[:1].isdigit() and not (t[:1] == "-" and t[1:2].isdigit()):
+        return _NUMBER_WORDS.get(t.lower())  # float() would also read "nan" and "infinity" as numbers
     try:
         return float(t)
     except ValueError:
-        return _NUMBER_WORDS.get(t.lower())
+        return None
 
 
 def _numbers(text: str) -> set[float]:
