@@ -57,10 +57,14 @@ def speed(model_dir: Path, shared: Path | None) -> dict[str, float]:
             f"s=load_scorer('lite:{model_dir}'); s.score([('What is 2+2?', '2 + 2 = 4.')]); "
             "print(time.perf_counter()-t)")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+
+    def cold_load() -> float:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                              cwd=ROOT)
+        return float(done.stdout.strip().splitlines()[-1])
+
     # Median of three fresh processes: one cold start swings by a second with the page cache and the load.
-    load_s = float(np.median([float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                                   check=True, env=env, cwd=ROOT).stdout.strip().splitlines()[-1])
-                              for _ in range(3)]))
+    load_s = float(np.median([cold_load() for _ in range(3)]))
     scorer = load_scorer(f"lite:{model_dir}")
     scorer.score([("warm-up", "1 + 1 = 2.")])
     items = _long_traces(shared, 5000, 40)

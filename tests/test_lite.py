@@ -136,7 +136,7 @@ def test_invalid_config_is_rejected(tmp_path):
         LiteModel.load(tmp_path)
 
 
-def test_split_is_by_group_and_reproducible_and_sources_weigh_equally():
+def test_split_is_by_group_and_reproducible_and_sources_weigh_equally(monkeypatch):
     groups = [f"p{i % 50}" for i in range(400)]
     held = split_groups(groups, 0.2, seed=0)
     assert len(held) == 10 and held == split_groups(reversed(groups), 0.2, seed=0)
@@ -151,13 +151,8 @@ def test_split_is_by_group_and_reproducible_and_sources_weigh_equally():
 
     pairs = [Pair(str(i), "p", "a", "b", extra={"source": "prmbench" if i < 50 else "verified:gsm8k"})
              for i in range(100)]
-    saved = dict(lite.SOURCE_SHARE)
-    try:
-        lite.SOURCE_SHARE["verified:gsm8k"] = 0.5
-        w = source_weights(pairs)
-    finally:
-        lite.SOURCE_SHARE.clear()
-        lite.SOURCE_SHARE.update(saved)
+    monkeypatch.setitem(lite.SOURCE_SHARE, "verified:gsm8k", 0.5)
+    w = source_weights(pairs)
     assert w[50:].sum() == pytest.approx(0.5 * w[:50].sum())
 
 

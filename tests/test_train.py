@@ -147,7 +147,8 @@ def test_cast_checkpoint_matches_a_model_cast_before_saving(tmp_path, tiny_rewar
         json.loads((tmp_path / "ref" / "config.json").read_text()).get("dtype")
     for (name, a), (_, b) in zip(cast.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(a, b), name
-    assert not list((tmp_path / "cast").glob("*.part"))
+    # Only the checkpoint's own files: no temporary file is left beside them.
+    assert sorted(f.name for f in (tmp_path / "cast").iterdir()) == sorted(f.name for f in (tmp_path / "ref").iterdir())
 
 
 def test_a_stale_saving_folder_does_not_leak_into_the_checkpoint(tmp_path, tiny_reward_model):

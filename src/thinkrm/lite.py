@@ -617,8 +617,19 @@ def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarra
         lr: float = 2e-3, batch: int = 256, seed: int = 0, weight_decay: float = 1e-4) -> list[float]:
     """Bradley-Terry training of each ensemble member on (chosen_row, rejected_row) index pairs, member k
     with seed `seed + k`; returns the members' mean loss per epoch."""
-    per_member = [_fit_head(net, feats, pairs, weights, epochs=epochs, lr=lr, batch=batch, seed=seed + k,
-                            weight_decay=weight_decay) for k, net in enumerate(model.net.members)]
+    import torch
+
+    # Standardise inputs with training-set statistics, stored in every head of the checkpoint.
+    rows = np.unique(pairs)
+    sx = feats.seg_x[rows][feats.seg_idx[rows] >= 0]
+    g = feats.glob[rows]
+    stats = {"seg_mean": sx.mean(0), "seg_std": sx.std(0) + 1e-4, "glob_mean": g.mean(0), "glob_std": g.std(0) + 1e-4}
+    per_member = []
+    for k, net in enumerate(model.net.members):
+        for name, value in stats.items():
+            getattr(net, name).copy_(torch.from_numpy(value))
+        per_member.append(_fit_head(net, feats, pairs, weights, epochs=epochs, lr=lr, batch=batch, seed=seed + k,
+                                    weight_decay=weight_decay))
     model.net.eval()
     return [float(np.mean(x)) for x in zip(*per_member)]
 
@@ -628,14 +639,6 @@ def _fit_head(net: Any, feats: Features, pairs: np.ndarray, weights: np.ndarray,
     import torch
 
     torch.manual_seed(seed)
-    # Standardise inputs with training-set statistics, stored in the checkpoint.
-    rows = np.unique(pairs)
-    sx = feats.seg_x[rows][feats.seg_idx[rows] >= 0]
-    net.seg_mean.copy_(torch.from_numpy(sx.mean(0)))
-    net.seg_std.copy_(torch.from_numpy(sx.std(0) + 1e-4))
-    g = feats.glob[rows]
-    net.glob_mean.copy_(torch.from_numpy(g.mean(0)))
-    net.glob_std.copy_(torch.from_numpy(g.std(0) + 1e-4))
     table, p_idx, s_idx, s_x, glob = _tensors(feats)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     gen = np.random.default_rng(seed)

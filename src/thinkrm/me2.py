@@ -121,13 +121,14 @@ _UNSUPPORTED = re.compile(r"\b(?:obviously|clearly|trivially|it is (?:easy|clear
 _RECHECK = re.compile(r"\b(?:again|once more|re-?(?:check|calculat|comput|evaluat|examin|verif|confirm|stat)\w*|"
                       r"confirm\w*|to (?:ensure|make sure|be certain))\b", re.IGNORECASE)
 # Numbers as a prompt states them: digits (with thousands separators) or the common number words.
-_NUMBER = re.compile(r"(?<![\w.])\d{1,15}(?:,\d{3}(?!\d))*(?:\.\d+)?|\b[a-z]+\b", re.IGNORECASE)
 _NUMBER_WORDS = {w: float(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())} | {
     "thirty": 30.0, "forty": 40.0, "fifty": 50.0, "sixty": 60.0, "seventy": 70.0, "eighty": 80.0,
     "ninety": 90.0, "hundred": 100.0, "thousand": 1000.0, "dozen": 12.0, "half": 0.5, "twice": 2.0,
     "double": 2.0, "triple": 3.0, "thrice": 3.0, "quarter": 0.25}
+_NUMBER = re.compile(r"(?<![\w.])\d{1,15}(?:,\d{3}(?!\d))*(?:\.\d+)?|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b",
+                     re.IGNORECASE)
 # The final answer: the last \boxed{...} (one level of nested braces), else the last answer statement.
 _BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
 _ANSWER_LINE = re.compile(r"(?:\banswer(?: is|:)|^A:|^####)\s*[:=]?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(?!\s*[-+*/^])",
@@ -437,24 +438,15 @@ class _Analyzer:
                 yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})", rv
 
 
-def _as_number(token: str) -> float | None:
-    t = token.replace(",", "")
-    if not t[:1].isdigit() and not (t[:1] == "-" and t[1:2].isdigit()):
-        return _NUMBER_WORDS.get(t.lower())  # float() would also read "nan" and "infinity" as numbers
-    try:
-        return float(t)
-    except ValueError:
-        return None
+def _as_number(token: str) -> float:
+    """The value of a token matched by `_NUMBER`, `_RESULT` or `_ANSWER_LINE` (digits or a number word)."""
+    word = _NUMBER_WORDS.get(token.lower())
+    return word if word is not None else float(token.replace(",", ""))
 
 
 def _numbers(text: str) -> set[float]:
     """The distinct numeric values a text states (digits or number words)."""
-    out = set()
-    for m in _NUMBER.finditer(text):
-        v = _as_number(m.group(0))
-        if v is not None:
-            out.add(v)
-    return out
+    return {_as_number(m.group(0)) for m in _NUMBER.finditer(text)}
 
 
 def _final_answer(text: str) -> tuple[float, int] | None:
@@ -469,11 +461,9 @@ def _final_answer(text: str) -> tuple[float, int] | None:
         raw = boxed.group(1).strip().strip("$").replace("\\!", "").replace("{,}", ",")
         if not re.fullmatch(r"-?\d[\d,]*(?:\.\d+)?", raw):
             return None
-        v = _as_number(raw)
-        return (v, boxed.start()) if v is not None else None
+        return _as_number(raw), boxed.start()
     if line is not None:
-        v = _as_number(line.group(1))
-        return (v, line.start()) if v is not None else None
+        return _as_number(line.group(1)), line.start()
     return None
 
 

@@ -21,6 +21,7 @@ Multi-GPU: run this module under accelerate, e.g.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .formatting import DEFAULT_MAX_LENGTH, INPUT_FORMATS, SIDECAR, InputConfig, InputEncoder
-from .io import InputError, write_json
+from .io import InputError, atomic_write, write_json
 from .pairs import Pair, load_pairs
 
 REPORT = "train_report.json"
@@ -498,10 +499,8 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
 def cast_checkpoint(folder: Path, dtype_name: str) -> None:
     """Cast the floating-point tensors of a saved checkpoint's safetensors files to `dtype_name` in place and
     record the dtype in its config.json, as `save_pretrained` does for a model cast before saving."""
-    import json
-
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     dtype = _torch_dtype(dtype_name, "--save-dtype")
     for f in sorted(folder.glob("*.safetensors")):
@@ -509,13 +508,13 @@ def cast_checkpoint(folder: Path, dtype_name: str) -> None:
             meta = st.metadata()
             tensors = {k: st.get_tensor(k) for k in st.keys()}
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-        part = f.with_name(f.name + ".part")
-        save_file(tensors, str(part), metadata=meta)
-        os.replace(part, f)
+        with atomic_write(f, "wb") as out:
+            out.write(save(tensors, metadata=meta))
     cfg_file = folder / "config.json"
     if cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        cfg["dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"] = dtype_name
+        # transformers >= 5 writes `dtype`; a config from an older release names it `torch_dtype`.
+        cfg["torch_dtype" if "torch_dtype" in cfg and "dtype" not in cfg else "dtype"] = dtype_name
         write_json(cfg_file, cfg)
 
 
