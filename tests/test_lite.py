@@ -127,6 +127,24 @@ def test_ensemble_scores_the_mean_of_differently_seeded_heads():
     assert np.array_equal(again.score_features(f), model.score_features(f))
 
 
+def test_parsed_feature_cache_is_reused_until_the_featurising_code_changes(tmp_path, monkeypatch):
+    import thinkrm.lite as lite
+
+    cfg, items = LiteConfig(max_segments=4), [Item("Add 2 and 3.", "2 + 3 = 5.\n\nSo the answer is 5.")]
+    calls = []
+
+    def parse(item, config):
+        calls.append(item)
+        return lite._parse(item, config)
+
+    first = lite.Embedder(tmp_path).parsed_items(items, cfg, parse)
+    lite.Embedder(tmp_path).parsed_items(items, cfg, parse)  # a new process reads the shard
+    assert len(calls) == 1
+    monkeypatch.setattr(lite, "_parse_code_version", lambda: "an edited me2.py")
+    again = lite.Embedder(tmp_path).parsed_items(items, cfg, parse)
+    assert len(calls) == 2 and np.array_equal(again[0][2], first[0][2])
+
+
 def test_invalid_config_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="invalid TRM-lite config"):
         LiteConfig(ensemble=0)

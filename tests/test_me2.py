@@ -103,6 +103,12 @@ def test_answer_path_coherence_distinguishes_related_from_unrelated_nodes():
     ("10 - 2 + 3 = 11", True),
     ("(2 + 3) * 4 = 20", True), ("1,000 + 24 = 1,024", True), ("3 \\times 5 = 15", True),
     ("12 \\div 4 = 3", True), ("7 / 2 = 3", False), ("2 * 3 = 6 = 3 + 3", True), ("−4 + 6 = 2", True),
+    # LaTeX numeric forms
+    ("$\\frac{3}{4} = 0.75$", True), ("$\\dfrac{1}{3} = 0.33$", True), ("$\\frac{6}{8} = \\frac{3}{4}$", True),
+    ("\\frac{1}{2} + 1 = 3", False), ("\\frac{1}{2} \\times 3 \\times 4 = 6", True),
+    ("$\\binom{6}{3} = 20$", True), ("$\\binom{6}{3} = 60$", False), ("$2^{10} = 1024$", True),
+    ("$2^{10} = 1000$", False), ("5! = 120", True), ("$3! \\cdot 2! = 12$", True), ("$\\sqrt{16} = 4$", True),
+    ("$\\frac{1,000}{4} = 250$", True),
 ])
 def test_arithmetic_claims_are_evaluated(claim, holds):
     s = analyze(f"We get {claim} here.").signals["micro_effectiveness"]
@@ -116,9 +122,16 @@ def test_arithmetic_claims_are_evaluated(claim, holds):
     "f(2) + 3 = 9",
     "the value 7 = 7",  # no operator: not a claim
     "a_1 + 2 = 5",
-    "\\frac{1}{2} + 1 = 3",
+    "so 3 + 4 = 7!",  # an exclamation, not a factorial
+    "$\\sqrt{50} = 5\\sqrt{2}$",  # implicit product
+    "$\\frac{x}{2} = 3$",
+    "$2^{-1} = 0.5$",
+    "$\\frac{1}{3} = 0.\\overline{3}$",  # repeating decimal
+    "$2 \\frac{3}{4} = 2 + \\frac{3}{4}$",  # mixed number
+    "$f''(\\sqrt{2}) = 8$",  # a function's value
+    "$5 \\star 1 = 45 + 2 - 5 + 5$",  # a custom operator
+    "$1000! = 5$",  # too large to evaluate
     "2 \\cdot 120 \\cdot 120 = 28,\\!800",  # LaTeX thousands separator
-    "\\frac{1}{2} \\times 3 \\times 4 = 6",  # the 1/2 is outside the numeric fragment
     "(-1)^3 = 128 i (-1)",  # multiplied by a variable
     "9 ÷ 8 = 1 remainder 1",  # integer division
     "$111 \\div 5 = 22$ remainder $1$",
@@ -142,6 +155,11 @@ def test_evaluation_is_safe_and_bounded():
     assert _evaluate("1 / 0") is None
     assert _evaluate("__import__('os')") is None
     assert _evaluate("2 ^ 3 ^ 2") == 512.0  # right-associative, as in mathematics
+    assert _evaluate("\\frac{1}{0}") is None
+    assert _evaluate("171!") is None and _evaluate("\\binom{5000}{2500}") is None  # beyond a float
+    assert _evaluate("\\sqrt{-4}") is None
+    assert _evaluate("comb(1000000, 500000)") is None  # bounded however they are reached
+    assert _evaluate("factorial(2.5)") is None and _evaluate("print(1)") is None
 
 
 def test_micro_effectiveness_corrections_and_conflicts():

@@ -85,7 +85,8 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
     SignalDef("conflicting_values", "micro_effectiveness", "lower",
               "quantities assigned two or more different numbers (\"x = 3\" ... \"x = 5\")"),
     SignalDef("arithmetic_checked", "micro_effectiveness", "neither",
-              "numeric claims `a op b = c` (+ - * / ^, chains allowed) found and evaluated"),
+              "numeric claims `a op b = c` (+ - * / ^, chains allowed; LaTeX \\frac, \\binom, \\sqrt, "
+              "powers and factorials of numbers) found and evaluated"),
     SignalDef("arithmetic_wrong", "micro_effectiveness", "lower",
               "checked arithmetic claims whose two sides differ (beyond the rounding the right-hand side's "
               "decimals allow)"),
@@ -152,16 +153,28 @@ _ASSIGN = re.compile(r"(?<![\w\\.^])([A-Za-z][A-Za-z_]{0,15}(?:_\{?\w+\}?)?)\s*=
 # of a 300-digit number, and the bounded repetitions stop every start inside `1 + 1 + 1 + ...` from
 # re-reading the rest of it; an expression longer than the bounds is simply not checked.
 _NUM = r"\d{1,40}+(?:,\d{3}(?!\d)){0,6}+(?:\.\d{1,40}+)?+"
+# Math-solution traces state much of their arithmetic in LaTeX (`\frac{3}{4} = 0.75`, `\binom{6}{3} = 20`,
+# `2^{10} = 1024`, `5! = 120`); numeric-only forms are values like any number. `!` is a factorial only where
+# an operator or `=` follows, so "3 + 4 = 7!" stays an exclamation.
+_LATEX_ATOM = (rf"\\[dt]?frac\{{{_NUM}\}}\{{{_NUM}\}}|\\binom\{{{_NUM}\}}\{{{_NUM}\}}|\\sqrt\{{{_NUM}\}}|"
+               rf"\d{{1,3}}+!(?=\s{{0,6}}+(?:=|[-+*/×÷·−]|\\times|\\cdot|\\div))")
+_ATOM = rf"(?:{_LATEX_ATOM}|{_NUM})(?:\^\{{{_NUM}\}})?+"
 _OP = r"(?:[-+*/^×÷·−]|\\times|\\cdot|\\div)"
-_EXPR = rf"[(\s]{{0,6}}+[-−]?{_NUM}(?:[\s)]{{0,6}}+{_OP}[\s(]{{0,6}}+[-−]?{_NUM}){{0,12}}+[\s)]{{0,6}}+"
+_EXPR = rf"[(\s]{{0,6}}+[-−]?{_ATOM}(?:[\s)]{{0,6}}+{_OP}[\s(]{{0,6}}+[-−]?{_ATOM}){{0,12}}+[\s)]{{0,6}}+"
 _CHAIN = re.compile(rf"(?<![\w.,+\-*/^×÷·−)])(?<![+\-*/^×÷·−] ){_EXPR}(?:=(?!=){_EXPR}){{1,6}}+")
-_CONTEXT_BEFORE = re.compile(r"(?:[\w\\_.^{}):]|[-+*/^×÷·−}|]\s*|\\(?:times|cdot|div)\s*|%\s*of\s*)$")
-_CONTEXT_AFTER = re.compile(r"[\w\\_^{(|!:]|,\\!|\{,\}|"
+_CONTEXT_BEFORE = re.compile(r"(?:[\w\\_.^{}):']|[-+*/^×÷·−}|]\s*|\\[a-zA-Z]+\s*|\d\s+|%\s*of\s*)$")
+_CONTEXT_AFTER = re.compile(r"[\w\\_^{(|!:]|,\\!|\{,\}|\.\\|"
                             r"\s*\$?\s*(?:[-+*/^×÷·−=(]|\\[a-zA-Z]|[a-z]\b|rem|with a rem)", re.IGNORECASE)
 _OP_TRANSLATE = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
                  ("−", "-"), ("^", "**")]
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow}
+_LATEX_TRANSLATE = [(re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}"), r"((\1)/(\2))"),
+                    (re.compile(r"\\binom\{([^{}]*)\}\{([^{}]*)\}"), r"comb(\1,\2)"),
+                    (re.compile(r"\\sqrt\{([^{}]*)\}"), r"sqrt(\1)"),
+                    (re.compile(r"(\d+)!"), r"factorial(\1)"),
+                    (re.compile(r"\^\{([^{}]*)\}"), r"^(\1)")]
+_LATEX_OP = re.compile(r"\\(?:[dt]?frac|binom|sqrt)\{|\d!|\^\{")
 
 
 @dataclass
@@ -511,16 +524,17 @@ def _is_notation(left: str, right: str) -> bool:
 def _has_op(expr: str) -> bool:
     s = expr.strip().lstrip("(").lstrip()
     s = s[1:] if s[:1] in ("-", "−") else s  # a leading minus is a sign, not a claim
-    return bool(re.search(_OP, s))
+    return bool(re.search(_OP, s) or _LATEX_OP.search(s))
 
 
 @functools.lru_cache(maxsize=4096)  # traces repeat the same sums when they re-check
 def _evaluate(expr: str) -> float | None:
     """Safely evaluate a numeric expression (numbers, + - * / ^, parentheses); None if not evaluable."""
-    s = expr.strip()
+    s = re.sub(r"(?<=\d),(?=\d{3})", "", expr.strip())
+    for pattern, repl in _LATEX_TRANSLATE:
+        s = pattern.sub(repl, s)
     for a, b in _OP_TRANSLATE:
         s = s.replace(a, b)
-    s = re.sub(r"(?<=\d),(?=\d{3})", "", s)
     try:
         tree = ast.parse(s, mode="eval")
     except SyntaxError:
@@ -539,6 +553,9 @@ def _evaluate(expr: str) -> float | None:
             if isinstance(node.op, ast.Pow) and (abs(b) > 64 or abs(a) > 1e6):
                 raise OverflowError  # bounded so `9^9^9` cannot stall the analysis
             return _BIN[type(node.op)](a, b)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS
+                and not node.keywords and len(node.args) == _CALLS[node.func.id]):
+            return _call(node.func.id, [ev(a) for a in node.args])
         raise ValueError
 
     try:
@@ -546,6 +563,25 @@ def _evaluate(expr: str) -> float | None:
     except (ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
         return None
     return v if isinstance(v, float) and math.isfinite(v) else None
+
+
+_CALLS = {"comb": 2, "factorial": 1, "sqrt": 1}
+
+
+def _call(name: str, args: list[float]) -> float:
+    """`\\binom`, `!` and `\\sqrt` on the values they were written with, bounded like `^`."""
+    if name == "sqrt":
+        if args[0] < 0:
+            raise ValueError
+        return math.sqrt(args[0])
+    if any(a != int(a) or a < 0 or a > 1000 for a in args):
+        raise ValueError
+    n = [int(a) for a in args]
+    if name == "factorial":
+        if n[0] > 170:
+            raise OverflowError
+        return float(math.factorial(n[0]))
+    return float(math.comb(n[0], n[1]))
 
 
 def _close(lv: float, rv: float, literal: str | None) -> bool:
