@@ -109,6 +109,11 @@ def test_answer_path_coherence_distinguishes_related_from_unrelated_nodes():
     ("$\\binom{6}{3} = 20$", True), ("$\\binom{6}{3} = 60$", False), ("$2^{10} = 1024$", True),
     ("$2^{10} = 1000$", False), ("5! = 120", True), ("$3! \\cdot 2! = 12$", True), ("$\\sqrt{16} = 4$", True),
     ("$\\frac{1,000}{4} = 250$", True),
+    # rounded decimals substituted into an expression hold; a wrong sum of them does not
+    ("$\\sqrt{2} + 1 = 1.414 + 1 = 2.414$", True), ("$\\sqrt{2} - 1.4 = 1.414 - 1.4 = 0.014$", True),
+    ("$\\frac{1}{4} + \\frac{1}{3} = 0.25 + 0.33 = 0.68$", False), ("1640 \\cdot 5.916 = 9699.84", False),
+    # a clause-ending command before the numbers does not hide the claim
+    ("$\\Rightarrow 2 + 3 = 6$", False), ("$\\quad 2 + 3 = 5$", True), ("\\geq (1 + 1 + 2 + 4)^2 = 36", False),
 ])
 def test_arithmetic_claims_are_evaluated(claim, holds):
     s = analyze(f"We get {claim} here.").signals["micro_effectiveness"]
@@ -131,6 +136,16 @@ def test_arithmetic_claims_are_evaluated(claim, holds):
     "$f''(\\sqrt{2}) = 8$",  # a function's value
     "$5 \\star 1 = 45 + 2 - 5 + 5$",  # a custom operator
     "$1000! = 5$",  # too large to evaluate
+    "Check 2+3!=6 holds.",  # "not equal"
+    "$\\frac{17}{5} = 3$, remainder $2$",
+    "$\\frac{17}{5} = 3$ with another remainder",
+    "$\\frac{17}{5} = 3 R2$",
+    "$\\frac{3}{4} = 75$ percent",
+    "$\\frac{3}{4} = 75%$",
+    "$\\frac{1}{2} = 1 : 2$",  # a ratio
+    "$2^{4} = 1 mod 5$",
+    "$\\frac{1}{2} = 0,5$",  # decimal comma
+    "$\\log 8 + 1 = 4$",  # operand of a function
     "2 \\cdot 120 \\cdot 120 = 28,\\!800",  # LaTeX thousands separator
     "(-1)^3 = 128 i (-1)",  # multiplied by a variable
     "9 ÷ 8 = 1 remainder 1",  # integer division

@@ -113,7 +113,9 @@ def _dyadic() -> Iterable[float]:
         d *= 2
 
 
-# What `_parse` reads: a cache entry made by other versions of these files is another feature.
+# What `_parse` reads: a cache entry made by other versions of these files is another feature. All of lite.py
+# is hashed, not just `_parse`: a training-only edit costs one re-parse (~15 s), a missed dependency a model
+# trained on stale features.
 _PARSE_CODE = ("lite.py", "steps.py", "delimiters.py", "data/delimiters.json", "dag.py", "structurers.py", "me2.py")
 
 
@@ -121,9 +123,11 @@ _PARSE_CODE = ("lite.py", "steps.py", "delimiters.py", "data/delimiters.json", "
 def _parse_code_version() -> str:
     """A hash of the code behind the parsed features, so a changed ME² signal is never read from a stale cache
     (the embeddings depend only on MiniLM and stay valid)."""
+    from importlib.resources import files
+
     h = hashlib.sha1()
     for name in _PARSE_CODE:
-        h.update((Path(__file__).parent / name).read_bytes())
+        h.update(files("thinkrm").joinpath(name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -147,7 +151,9 @@ class Embedder:
         """Load shards written since the last look (another process may be filling the same cache)."""
         if not (self.cache_dir and self.cache_dir.is_dir()):
             return
-        for shard in sorted(self.cache_dir.glob("emb-*.npz")) + sorted(self.cache_dir.glob("parsed-*.pkl")):
+        # Parsed shards of other code versions are never looked up again, so they are not loaded.
+        parsed = sorted(self.cache_dir.glob(f"parsed_{_parse_code_version()}-*.pkl"))
+        for shard in sorted(self.cache_dir.glob("emb-*.npz")) + parsed:
             if shard.name in self._loaded:
                 continue
             self._loaded.add(shard.name)
@@ -182,7 +188,7 @@ class Embedder:
         new = {k: parse(it, config) for k, it in zip(keys, items) if k not in self._parsed}
         if new:
             self._parsed.update(new)
-            self._save("parsed.pkl", new, lambda f: pickle.dump(new, f))
+            self._save(f"parsed_{_parse_code_version()}.pkl", new, lambda f: pickle.dump(new, f))
         return [self._parsed[k] for k in keys]
 
     @staticmethod

@@ -155,16 +155,23 @@ _ASSIGN = re.compile(r"(?<![\w\\.^])([A-Za-z][A-Za-z_]{0,15}(?:_\{?\w+\}?)?)\s*=
 _NUM = r"\d{1,40}+(?:,\d{3}(?!\d)){0,6}+(?:\.\d{1,40}+)?+"
 # Math-solution traces state much of their arithmetic in LaTeX (`\frac{3}{4} = 0.75`, `\binom{6}{3} = 20`,
 # `2^{10} = 1024`, `5! = 120`); numeric-only forms are values like any number. `!` is a factorial only where
-# an operator or `=` follows, so "3 + 4 = 7!" stays an exclamation.
+# an operator or ` =` follows, so "3 + 4 = 7!" stays an exclamation and `3!=6` a "not equal".
 _LATEX_ATOM = (rf"\\[dt]?frac\{{{_NUM}\}}\{{{_NUM}\}}|\\binom\{{{_NUM}\}}\{{{_NUM}\}}|\\sqrt\{{{_NUM}\}}|"
-               rf"\d{{1,3}}+!(?=\s{{0,6}}+(?:=|[-+*/×÷·−]|\\times|\\cdot|\\div))")
+               rf"\d{{1,3}}+!(?!=)(?=\s{{0,6}}+(?:=|[-+*/×÷·−]|\\times|\\cdot|\\div))")
 _ATOM = rf"(?:{_LATEX_ATOM}|{_NUM})(?:\^\{{{_NUM}\}})?+"
 _OP = r"(?:[-+*/^×÷·−]|\\times|\\cdot|\\div)"
 _EXPR = rf"[(\s]{{0,6}}+[-−]?{_ATOM}(?:[\s)]{{0,6}}+{_OP}[\s(]{{0,6}}+[-−]?{_ATOM}){{0,12}}+[\s)]{{0,6}}+"
 _CHAIN = re.compile(rf"(?<![\w.,+\-*/^×÷·−)])(?<![+\-*/^×÷·−] ){_EXPR}(?:=(?!=){_EXPR}){{1,6}}+")
-_CONTEXT_BEFORE = re.compile(r"(?:[\w\\_.^{}):']|[-+*/^×÷·−}|]\s*|\\[a-zA-Z]+\s*|\d\s+|%\s*of\s*)$")
-_CONTEXT_AFTER = re.compile(r"[\w\\_^{(|!:]|,\\!|\{,\}|\.\\|"
-                            r"\s*\$?\s*(?:[-+*/^×÷·−=(]|\\[a-zA-Z]|[a-z]\b|rem|with a rem)", re.IGNORECASE)
+# A LaTeX binary operator or function right before the numbers makes them its operand (`5 \star 1 = 45`,
+# `\log 8 + 1 = 4`); other commands (`\Rightarrow`, `\quad`, `\approx`) end a clause and do not.
+_LATEX_OPERAND_OF = (r"times|cdot|div|star|ast|circ|bullet|odot|otimes|oplus|ominus|pm|mp|wedge|vee|cap|cup|"
+                     r"setminus|b?mod|pmod|log|ln|lg|exp|a?r?c?(?:sin|cos|tan|cot|sec|csc)h?|max|min|gcd|det|deg")
+_CONTEXT_BEFORE = re.compile(rf"(?:[\w\\_.^{{}}):']|[-+*/^×÷·−}}|]\s*|\\(?:{_LATEX_OPERAND_OF})\s*|\d\s+|%\s*of\s*)$")
+# After the last number: a following operator, variable or command continues the expression; a remainder,
+# percent sign, ratio colon, `mod` or decimal comma (`0,5`) means the number is not the plain value.
+_CONTEXT_AFTER = re.compile(r"[\w\\_^{(|!:%]|,\\!|\{,\}|\.\\|,\d|"
+                            r"\s*\$?\s*[,;]?\s*(?:[-+*/^×÷·−=(:%]|\\[a-zA-Z]|[a-z]\b|r\s*\d|rem|"
+                            r"with (?:a |an |another )?rem|percent|mod)", re.IGNORECASE)
 _OP_TRANSLATE = [("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("·", "*"), ("÷", "/"),
                  ("−", "-"), ("^", "**")]
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -447,7 +454,8 @@ class _Analyzer:
                 if lv is None or rv is None:
                     continue
                 claim = f"{left.strip()} = {right.strip()}"
-                holds = _close(lv, rv, right if not _has_op(right) else None)
+                holds = (_close(lv, rv, right) if not _has_op(right)
+                         else _close(lv, rv, None) or _approximated(lv, rv, right))
                 yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})", rv
 
 
@@ -596,6 +604,19 @@ def _close(lv: float, rv: float, literal: str | None) -> bool:
         return any(math.isclose(rv, v / q, rel_tol=1e-9, abs_tol=1e-3 / q)
                    for v in (round(lv * q), math.trunc(lv * q)))
     return False
+
+
+def _approximated(lv: float, rv: float, right: str) -> bool:
+    """Equal up to the rounding of the decimals substituted on the right: `\\sqrt{2} + 1 = 1.414 + 1` and
+    `\\frac{1}{4} + \\frac{1}{3} = 0.25 + 0.33` put rounded values into an expression, so each decimal may be
+    off by one unit of its last place, scaled by the largest number it could be multiplied with."""
+    right = re.sub(r"(?<=\d),(?=\d{3})", "", right)
+    decimals = re.findall(r"(?<![\d.])\d+\.(\d+)", right)
+    if not decimals:
+        return False
+    numbers = [abs(float(x)) for x in re.findall(r"\d+(?:\.\d+)?", right)]
+    unit = 10.0 ** -min(len(d) for d in decimals)
+    return abs(lv - rv) <= unit * len(decimals) * max(1.0, *numbers)
 
 
 def signal_table() -> list[dict[str, str]]:
