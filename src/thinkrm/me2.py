@@ -181,6 +181,7 @@ _LATEX_TRANSLATE = [(re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}"), r"((\1)
                     (re.compile(r"\\sqrt\{([^{}]*)\}"), r"sqrt(\1)"),
                     (re.compile(r"(\d+)!"), r"factorial(\1)"),
                     (re.compile(r"\^\{([^{}]*)\}"), r"^(\1)")]
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
 _LATEX_OP = re.compile(r"\\(?:[dt]?frac|binom|sqrt)\{|\d!|\^\{")
 
 
@@ -454,8 +455,7 @@ class _Analyzer:
                 if lv is None or rv is None:
                     continue
                 claim = f"{left.strip()} = {right.strip()}"
-                holds = (_close(lv, rv, right) if not _has_op(right)
-                         else _close(lv, rv, None) or _approximated(lv, rv, right))
+                holds = _close(lv, rv, right)
                 yield start, end, holds, claim if holds else f"{claim} (left side is {lv:g})", rv
 
 
@@ -538,7 +538,7 @@ def _has_op(expr: str) -> bool:
 @functools.lru_cache(maxsize=4096)  # traces repeat the same sums when they re-check
 def _evaluate(expr: str) -> float | None:
     """Safely evaluate a numeric expression (numbers, + - * / ^, parentheses); None if not evaluable."""
-    s = re.sub(r"(?<=\d),(?=\d{3})", "", expr.strip())
+    s = _THOUSANDS.sub("", expr.strip())
     for pattern, repl in _LATEX_TRANSLATE:
         s = pattern.sub(repl, s)
     for a, b in _OP_TRANSLATE:
@@ -592,31 +592,29 @@ def _call(name: str, args: list[float]) -> float:
     return float(math.comb(n[0], n[1]))
 
 
-def _close(lv: float, rv: float, literal: str | None) -> bool:
-    """Equal, or equal once rounded or truncated to the decimals of a decimal right-hand side.
+def _close(lv: float, rv: float, right: str) -> bool:
+    """Equal, or equal up to the precision the right-hand side is written with.
 
-    Models both round (`1/3 = 0.33`) and truncate (`1.4 / 6.8 = 0.205`, `160000 / 9 = 17777.777...`).
+    A plain decimal may be the left rounded or truncated to its decimals (`1/3 = 0.33`, `1.4 / 6.8 = 0.205`,
+    `160000 / 9 = 17777.777...`). An expression may hold rounded decimals substituted into it
+    (`\\sqrt{2} + 1 = 1.414 + 1`, `\\frac{1}{4} + \\frac{1}{3} = 0.25 + 0.33`): each may be off by one unit of its
+    last place, scaled by the largest number it could be multiplied with.
     """
     if math.isclose(lv, rv, rel_tol=1e-9, abs_tol=1e-9):
         return True
-    if literal is not None and "." in literal:
-        q = 10.0 ** len(literal.strip().strip(")").split(".")[-1])
+    if _has_op(right):
+        plain = _THOUSANDS.sub("", right)
+        decimals = re.findall(r"(?<![\d.])\d+\.(\d+)", plain)
+        if not decimals:
+            return False
+        numbers = [abs(float(x)) for x in re.findall(r"\d+(?:\.\d+)?", plain)]
+        unit = 10.0 ** -min(len(d) for d in decimals)
+        return abs(lv - rv) <= unit * len(decimals) * max(1.0, *numbers)
+    if "." in right:
+        q = 10.0 ** len(right.strip().strip(")").split(".")[-1])
         return any(math.isclose(rv, v / q, rel_tol=1e-9, abs_tol=1e-3 / q)
                    for v in (round(lv * q), math.trunc(lv * q)))
     return False
-
-
-def _approximated(lv: float, rv: float, right: str) -> bool:
-    """Equal up to the rounding of the decimals substituted on the right: `\\sqrt{2} + 1 = 1.414 + 1` and
-    `\\frac{1}{4} + \\frac{1}{3} = 0.25 + 0.33` put rounded values into an expression, so each decimal may be
-    off by one unit of its last place, scaled by the largest number it could be multiplied with."""
-    right = re.sub(r"(?<=\d),(?=\d{3})", "", right)
-    decimals = re.findall(r"(?<![\d.])\d+\.(\d+)", right)
-    if not decimals:
-        return False
-    numbers = [abs(float(x)) for x in re.findall(r"\d+(?:\.\d+)?", right)]
-    unit = 10.0 ** -min(len(d) for d in decimals)
-    return abs(lv - rv) <= unit * len(decimals) * max(1.0, *numbers)
 
 
 def signal_table() -> list[dict[str, str]]:
