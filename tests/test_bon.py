@@ -188,6 +188,25 @@ def test_auto_temperature_makes_weighted_vote_scale_free():
     assert fixed["strategies"]["weighted-vote"]["4"] == fixed["strategies"]["argmax"]["4"]
 
 
+def test_auto_temperature_lets_scores_break_ties_but_not_outvote_agreement():
+    # Each problem: two candidates agree on a wrong answer, one right candidate scores a standard deviation
+    # or so above them, and a fourth, right, sits in between.
+    rows = []
+    for i in range(6):
+        rows += pool(f"p{i}", [("2", False, 0.0), ("2", False, 0.5), ("1", True, 2.5), ("1", True, 1.0)])
+    result = best_of_n(rows, CountingScorer(), ns=[3, 4], repeats=20, workers=1)
+    acc = {k: v for k, v in {**result["strategies"], **result["baselines"]}.items()}
+    # N=4 is a 2-2 tie for the vote (a coin flip); the right pair's higher scores decide it.
+    assert acc["majority-vote"]["4"]["mean"] == pytest.approx(0.5, abs=0.2)
+    assert acc["weighted-vote"]["4"]["mean"] == 1.0
+    # N=3 with both wrong candidates drawn: two agreeing votes beat the one better-scored dissenter, as
+    # majority vote says; a temperature of one standard deviation would let the score outvote them.
+    assert acc["weighted-vote"]["3"] == acc["majority-vote"]["3"]
+    sharp = best_of_n(rows, CountingScorer(), ns=[3], repeats=20, workers=1,
+                      temperature=result["temperature"] / 4)
+    assert sharp["strategies"]["weighted-vote"]["3"]["mean"] > acc["majority-vote"]["3"]["mean"]
+
+
 def test_subsets_do_not_depend_on_which_rules_run():
     rng = np.random.default_rng(3)
     # Integer scores and two answer classes: weighted-vote has many ties to break at random.

@@ -7,8 +7,8 @@ selection rule pick a right one? Rules (`STRATEGIES`):
 * `vote`: majority vote over final answers, answers grouped by math-verify equivalence ("0.5" = "\\frac12"),
   not string equality;
 * `weighted-vote`: each answer class is weighted by the sum of softmax(score / T) over its candidates;
-  by default T is the standard deviation of the pool's scores, so the rule does not depend on the scale
-  of the scorer's raw outputs.
+  by default T is `AUTO_TEMPERATURE` standard deviations of the pool's scores, so the rule does not depend
+  on the scale of the scorer's raw outputs.
 
 Baselines need no scorer: `random` (expected accuracy of a uniform pick), `shortest`, `longest` (by response
 length), `oracle` (any right candidate in the subset) and `majority-vote` (the `vote` rule).
@@ -43,6 +43,13 @@ STRATEGIES = ("argmax", "vote", "weighted-vote")
 BASELINES = ("random", "shortest", "longest", "oracle", "majority-vote")
 DEFAULT_NS = (1, 2, 4, 8, 16)
 Z95 = 1.959963984540054
+# `auto` temperature in standard deviations of the pool's scores. A reward model that picks worse than
+# majority vote on its own (TRM-lite's argmax trails the vote at N >= 4) should not let one high score
+# outvote two candidates that agree: at 4 sigma a candidate's weight moves by e^0.25 per sigma of score, so
+# the scores decide ties and near-ties and otherwise the count wins. On a validation split of training
+# problems (four trained TRM-lite models, both pools, N = 2..9) 3 sigma and up never did worse than 1 sigma
+# and beat majority vote at N <= 4, where 1 sigma did not always; docs/bon-and-rl.md has the table.
+AUTO_TEMPERATURE = 4.0
 
 
 @dataclass
@@ -315,10 +322,10 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
         for ids, cls in zip(order.values(), classes)
     ]
     if temperature == "auto":
-        # Scores are raw and their scale depends on the scorer (TRM logits, minus characters, ...); one
-        # standard deviation of the pool's scores as temperature makes weighted-vote scale-free.
+        # Scores are raw and their scale depends on the scorer (TRM logits, minus characters, ...); a
+        # temperature in units of the pool's standard deviation makes weighted-vote scale-free.
         spread = float(np.std(scores))
-        temperature = spread if spread > 0 else 1.0
+        temperature = AUTO_TEMPERATURE * spread if spread > 0 else 1.0
     start = time.perf_counter()
     result = evaluate_bon(problems, strategies=strategies, ns=ns, repeats=repeats, seed=seed,
                           temperature=temperature)

@@ -78,7 +78,8 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
               "first one"),
     SignalDef("recheck_phrases", "micro_efficiency", "lower",
               "phrases that redo or re-confirm finished work anywhere in a step (\"again\", \"once more\", "
-              "\"recalculate\", \"re-check\", \"confirm\", \"to make sure\", ...) per 1,000 words"),
+              "\"recalculate\", \"re-check\", \"verify\", \"double-check\", \"confirm\", \"to ensure\", \"recap\", "
+              "\"reiterate\", \"revisit\", ...) per 1,000 words"),
     SignalDef("self_corrections", "micro_effectiveness", "lower",
               "explicit admissions of an error (\"no, that's wrong\", \"I made a mistake\", "
               "\"that's incorrect\", ...): each marks a false step earlier"),
@@ -119,8 +120,10 @@ _UNSUPPORTED = re.compile(r"\b(?:obviously|clearly|trivially|it is (?:easy|clear
                           r"it's (?:easy|clear|obvious) (?:to see )?that|it is well[- ]known|"
                           r"it's well[- ]known|definitely|certainly|undoubtedly|unquestionably|evidently|"
                           r"without (?:a|any) doubt|no doubt|for sure|it is certain|guaranteed)\b", re.IGNORECASE)
-_RECHECK = re.compile(r"\b(?:again|once more|re-?(?:check|calculat|comput|evaluat|examin|verif|confirm|stat)\w*|"
-                      r"confirm\w*|to (?:ensure|make sure|be certain))\b", re.IGNORECASE)
+_RECHECK = re.compile(r"\b(?:again|once more|re-?(?:check|calculat|comput|evaluat|examin|verif|confirm|stat|iterat|cap|"
+                      r"count|visit|view)\w*|confirm\w*|verif\w*|(?:double|cross)[- ]?check\w*|"
+                      r"to (?:ensure|make sure|be certain)|for clarity|before (?:proceeding|moving on)|redundan\w*)\b",
+                      re.IGNORECASE)
 # Numbers as a prompt states them: digits (with thousands separators) or the common number words.
 _NUMBER_WORDS = {w: float(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
