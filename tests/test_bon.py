@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from thinkrm.bon import Candidate, _Problem, best_of_n, evaluate_bon, load_candidates
+from thinkrm.bon import AUTO_TEMPERATURE, Candidate, _Problem, best_of_n, evaluate_bon, load_candidates
 from thinkrm.io import InputError
 from thinkrm.scoring import Scorer
 
@@ -189,12 +189,15 @@ def test_auto_temperature_makes_weighted_vote_scale_free():
 
 
 def test_auto_temperature_lets_scores_break_ties_but_not_outvote_agreement():
-    # Each problem: two candidates agree on a wrong answer, one right candidate scores a standard deviation
-    # or so above them, and a fourth, right, sits in between.
+    # Each problem: two candidates agree on a wrong answer, one right candidate scores 2.1-2.7 standard
+    # deviations above them (under the 4 ln 2 = 2.8 at which one candidate outweighs two), and a fourth,
+    # right, sits in between.
+    qualities = [0.0, 0.5, 2.5, 1.0]
     rows = []
     for i in range(6):
-        rows += pool(f"p{i}", [("2", False, 0.0), ("2", False, 0.5), ("1", True, 2.5), ("1", True, 1.0)])
+        rows += pool(f"p{i}", list(zip(["2", "2", "1", "1"], [False, False, True, True], qualities)))
     result = best_of_n(rows, CountingScorer(), ns=[3, 4], repeats=20, workers=1)
+    assert result["temperature"] == pytest.approx(AUTO_TEMPERATURE * np.std(qualities), abs=1e-5)
     acc = {k: v for k, v in {**result["strategies"], **result["baselines"]}.items()}
     # N=4 is a 2-2 tie for the vote (a coin flip); the right pair's higher scores decide it.
     assert acc["majority-vote"]["4"]["mean"] == pytest.approx(0.5, abs=0.2)

@@ -219,13 +219,13 @@ def test_recheck_phrases_and_certainty_claims_are_counted_anywhere_in_a_step():
     assert analyze("So 0.8 * 60 = 48.").signals["micro_efficiency"]["recheck_phrases"] == 0
     # The restated steps PRMBench's redundancy rewrites insert announce themselves in these words too.
     redo = ("Let's verify: 48 / 60 = 0.8. Let me double-check and cross check it. To recap, we reiterate and "
-            "revisit the count before proceeding; for clarity, let's review it and recount to ensure it is 48. "
-            "This is redundant.")
+            "revisit the count before proceeding; let's review it and recount to ensure it is 48. Verified.")
     assert [redo[f.start:f.end].lower() for f in analyze(redo).findings if f.kind == "recheck_phrases"] == [
-        "verify", "double-check", "cross check", "recap", "reiterate", "revisit", "before proceeding",
-        "for clarity", "review", "recount", "to ensure", "redundant"]
-    # Words that only start like a re-check are not one.
-    plain = "Record the result, reveal the card and count the rest; we must ensure the domain is restricted."
+        "let's verify", "double-check", "cross check", "recap", "reiterate", "revisit", "before proceeding",
+        "review", "recount", "to ensure", "verified"]
+    # Words that only start like a re-check, and obligations and conditions, are not one.
+    plain = ("Record the result, reveal the card and count the rest; the reviewer recaptured the flag. "
+             "It remains to verify that f is injective, and we must ensure the domain is restricted.")
     assert analyze(plain).signals["micro_efficiency"]["recheck_phrases"] == 0
 
 

@@ -78,8 +78,8 @@ SIGNALS: dict[str, SignalDef] = {s.name: s for s in [
               "first one"),
     SignalDef("recheck_phrases", "micro_efficiency", "lower",
               "phrases that redo or re-confirm finished work anywhere in a step (\"again\", \"once more\", "
-              "\"recalculate\", \"re-check\", \"verify\", \"double-check\", \"confirm\", \"to ensure\", \"recap\", "
-              "\"reiterate\", \"revisit\", ...) per 1,000 words"),
+              "\"recalculate\", \"re-check\", \"let me verify\", \"double-check\", \"confirm\", \"to ensure\", "
+              "\"recap\", \"reiterate\", \"revisit\", ...) per 1,000 words"),
     SignalDef("self_corrections", "micro_effectiveness", "lower",
               "explicit admissions of an error (\"no, that's wrong\", \"I made a mistake\", "
               "\"that's incorrect\", ...): each marks a false step earlier"),
@@ -120,10 +120,15 @@ _UNSUPPORTED = re.compile(r"\b(?:obviously|clearly|trivially|it is (?:easy|clear
                           r"it's (?:easy|clear|obvious) (?:to see )?that|it is well[- ]known|"
                           r"it's well[- ]known|definitely|certainly|undoubtedly|unquestionably|evidently|"
                           r"without (?:a|any) doubt|no doubt|for sure|it is certain|guaranteed)\b", re.IGNORECASE)
-_RECHECK = re.compile(r"\b(?:again|once more|re-?(?:check|calculat|comput|evaluat|examin|verif|confirm|stat|iterat|cap|"
-                      r"count|visit|view)\w*|confirm\w*|verif\w*|(?:double|cross)[- ]?check\w*|"
-                      r"to (?:ensure|make sure|be certain)|for clarity|before (?:proceeding|moving on)|redundan\w*)\b",
-                      re.IGNORECASE)
+# Each stem takes only the endings of a re-check ("reviewed", not "reviewer"; "recap", not "recaptured"),
+# and a bare "verify" counts only where the writer turns to it ("let me verify"): "it remains to verify
+# that f is injective" is a proof obligation, not a re-check.
+_RECHECK = re.compile(
+    r"\b(?:again|once more|re-?(?:check|calculat|comput|evaluat|examin|verif|confirm|stat|iterat)\w*|"
+    r"re-?(?:cap|count|visit|view)(?:s|ed|ped|ping|ing)?|recapitulat\w*|confirm\w*|"
+    r"(?:let me|let[’']s|let us|we can|i can|i'll|we'll|i will|we will|now|quickly|and|then|also) "
+    r"(?:\w+ )?verify|verif(?:ied|ying|ication)|(?:double|cross)[- ]?check\w*|"
+    r"to (?:ensure|make sure|be certain)|before (?:proceeding|moving on))\b", re.IGNORECASE)
 # Numbers as a prompt states them: digits (with thousands separators) or the common number words.
 _NUMBER_WORDS = {w: float(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "

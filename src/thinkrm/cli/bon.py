@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(5, help="Random subsets of N per problem to average over."),
         strategies: str = typer.Option("argmax,vote,weighted-vote", help="Selection rules, comma-separated."),
         temperature: str = typer.Option("auto", help="Softmax temperature of weighted-vote: a number, or "
-                                        "'auto' (4 standard deviations of all scores: the scores break ties and near-ties of the vote)."),
+                                        "'auto' (thinkrm.bon.AUTO_TEMPERATURE = 4 standard deviations of all "
+                                        "scores: the scores settle ties and near-ties of the vote)."),
         seed: int = typer.Option(0, help="Seed of the random subsets."),
         verify_timeout: float = typer.Option(5.0, help="Seconds per answer check before it counts as wrong."),
         workers: int | None = typer.Option(None, help="Verifier processes (default: min(4, CPUs))."),
