@@ -198,7 +198,7 @@ def test_auto_temperature_lets_scores_break_ties_but_not_outvote_agreement():
         rows += pool(f"p{i}", list(zip(["2", "2", "1", "1"], [False, False, True, True], qualities)))
     result = best_of_n(rows, CountingScorer(), ns=[3, 4], repeats=20, workers=1)
     assert result["temperature"] == pytest.approx(AUTO_TEMPERATURE * np.std(qualities), abs=1e-5)
-    acc = {k: v for k, v in {**result["strategies"], **result["baselines"]}.items()}
+    acc = {**result["strategies"], **result["baselines"]}
     # N=4 is a 2-2 tie for the vote (a coin flip); the right pair's higher scores decide it.
     assert acc["majority-vote"]["4"]["mean"] == pytest.approx(0.5, abs=0.2)
     assert acc["weighted-vote"]["4"]["mean"] == 1.0

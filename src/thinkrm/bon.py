@@ -46,9 +46,10 @@ Z95 = 1.959963984540054
 # `auto` temperature in standard deviations of the pool's scores. A reward model that picks worse than
 # majority vote on its own (TRM-lite's argmax trails the vote at N >= 4) should not let a somewhat higher
 # score outvote two candidates that agree: at 4 sigma a candidate's weight moves by e^0.25 per sigma of
-# score, so one outweighs two only from 4 ln 2 = 2.8 sigma above both; the scores settle ties and near-ties. On a validation split of training
-# problems (five trained TRM-lite models, both pools, N = 2..9) 3 sigma and up never did worse than 1 sigma
-# and beat majority vote at N <= 4, where 1 sigma did not always; docs/bon-and-rl.md has the table.
+# score, so one outweighs two only from 4 ln 2 = 2.8 sigma above both; the scores settle ties and near-ties.
+# On a validation split of training problems (five trained TRM-lite models, both pools, N = 2..9) 3 sigma and
+# up never did worse than 1 sigma and beat majority vote at N <= 4, where 1 sigma did not always;
+# docs/bon-and-rl.md has the table.
 AUTO_TEMPERATURE = 4.0
 
 
