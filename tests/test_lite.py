@@ -127,6 +127,34 @@ def test_ensemble_scores_the_mean_of_differently_seeded_heads():
     assert np.array_equal(again.score_features(f), model.score_features(f))
 
 
+def test_head_equals_the_plain_segment_mlp_over_every_real_slot():
+    # The head runs its MLP only on real segments and shares the embedding term between repeated
+    # (segment, prompt) combinations; that must be the same function as the MLP applied slot by slot.
+    import torch
+
+    from thinkrm.lite import Features, _tensors, glob_width
+
+    cfg = LiteConfig(max_segments=6, hidden=8, glob_hidden=4, ensemble=1)
+    net = LiteModel.new(cfg, seed=3).net.members[0]
+    rng = np.random.default_rng(0)
+    seg_idx = np.array([[2, 3, 4, -1, -1, -1], [2, 3, 5, 4, -1, -1], [-1] * 6, [6, 6, 7, 8, 9, 2]])
+    f = Features(rng.standard_normal((10, 384)).astype(np.float32), np.array([0, 0, 1, 1]), seg_idx,
+                 rng.standard_normal((4, 6, 6)).astype(np.float32),
+                 rng.standard_normal((4, glob_width(cfg))).astype(np.float32))
+    table, p_idx, s_idx, s_x, glob = _tensors(f)
+    with torch.inference_mode():
+        got = net(table, p_idx, s_idx, s_x, glob)
+        for b in range(4):
+            rows = [k for k in range(6) if seg_idx[b, k] >= 0]
+            e, p = table[s_idx[b, rows]], table[p_idx[b]].expand(len(rows), -1)
+            x = (s_x[b, rows] - net.seg_mean) / net.seg_std
+            s = net.seg(torch.cat([e, e * p, x], -1)).squeeze(-1)
+            pooled = torch.stack([s.mean(), s.max(), s.min()]) if rows else torch.zeros(3)
+            g = (glob[b] - net.glob_mean) / net.glob_std
+            want = net.pool(pooled) + net.glob(g) + net.glob_mlp(g)
+            assert torch.allclose(got[b], want.squeeze(), atol=1e-5), b
+
+
 def test_parsed_feature_cache_is_reused_until_the_featurising_code_changes(tmp_path, monkeypatch):
     import thinkrm.lite as lite
 
