@@ -127,19 +127,32 @@ def test_ensemble_scores_the_mean_of_differently_seeded_heads():
     assert np.array_equal(again.score_features(f), model.score_features(f))
 
 
+def test_grounding_counts_terms_said_anywhere_before():
+    from thinkrm.lite import SEGMENT_FEATURES, _parse
+
+    reasoning = ("The box holds 12 apples.\n\nSo the box holds 12 apples.\n\nEach apple weighs 150 grams.\n\n"
+                 "Then 12 apples weigh 1800 grams.")
+    texts, x, _ = _parse(Item("A box holds 12 apples.", reasoning), LiteConfig(max_segments=2, use_structure=False))
+    assert texts == ["The box holds 12 apples.", "Then 12 apples weigh 1800 grams."]
+    said = x[:, SEGMENT_FEATURES.index("said_before") - 3]  # the first three are the embedding similarities
+    # The first paragraph only restates the prompt; the last says 12, apples and grams again (the unembedded
+    # third paragraph introduced "grams") and weigh, 1800 for the first time.
+    assert said.tolist() == pytest.approx([1.0, 0.6])
+
+
 def test_head_equals_the_plain_segment_mlp_over_every_real_slot():
     # The head runs its MLP only on real segments and shares the embedding term between repeated
     # (segment, prompt) combinations; that must be the same function as the MLP applied slot by slot.
     import torch
 
-    from thinkrm.lite import Features, _tensors, glob_width
+    from thinkrm.lite import SEGMENT_FEATURES, Features, _tensors, glob_width
 
     cfg = LiteConfig(max_segments=6, hidden=8, glob_hidden=4, ensemble=1)
     net = LiteModel.new(cfg, seed=3).net.members[0]
     rng = np.random.default_rng(0)
     seg_idx = np.array([[2, 3, 4, -1, -1, -1], [2, 3, 5, 4, -1, -1], [-1] * 6, [6, 6, 7, 8, 9, 2]])
     f = Features(rng.standard_normal((10, 384)).astype(np.float32), np.array([0, 0, 1, 1]), seg_idx,
-                 rng.standard_normal((4, 6, 6)).astype(np.float32),
+                 rng.standard_normal((4, 6, len(SEGMENT_FEATURES))).astype(np.float32),
                  rng.standard_normal((4, glob_width(cfg))).astype(np.float32))
     table, p_idx, s_idx, s_x, glob = _tensors(f)
     with torch.inference_mode():

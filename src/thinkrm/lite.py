@@ -10,7 +10,9 @@ reads the trace the way the pipeline sees it:
   prompt are embedded with all-MiniLM-L6-v2 (`thinkrm.embed`), each truncated to `segment_tokens` tokens
   (the opening of a paragraph says what it does: "Wait", "Let me verify", "Actually"). Each segment gets
   relational features too: its similarity to the prompt, to the previous segment and to the most similar
-  earlier one (restarts and paraphrase loops revisit what was said), and its position.
+  earlier one (restarts and paraphrase loops revisit what was said), its position, and its grounding: the
+  share of its terms already said in the prompt or any earlier paragraph (a restatement says nothing new,
+  an invented value or detour builds on nothing said before).
 * **Structure.** The ME² signals of the whole trace (`thinkrm.me2.analyze`: DAG backtracks, off-path share,
   fillers, re-verifications, wrong arithmetic, ...) and its size enter as trace-level features.
 * **Head.** A small MLP scores every segment; mean, max and min of the segment scores plus a linear term
@@ -58,7 +60,7 @@ class LiteConfig:
 
     segment_tokens: int = 32  # MiniLM tokens read per segment
     prompt_tokens: int = 64
-    max_segments: int = 16  # segments embedded per trace; the rest enter only through the ME² features
+    max_segments: int = 32  # segments embedded per trace; the rest count in the ME² and grounding features
     hidden: int = 64
     glob_hidden: int = 16  # width of the MLP on trace-level features (0 = linear term only)
     ensemble: int = 20  # independently trained heads whose scores are averaged (the backbone pass is shared)
@@ -221,7 +223,8 @@ class Embedder:
 # ----------------------------------------------------------------------------------------------------------
 # features
 
-SEGMENT_FEATURES = ("sim_prompt", "sim_previous", "sim_max_earlier", "position", "log_chars", "is_last")
+SEGMENT_FEATURES = ("sim_prompt", "sim_previous", "sim_max_earlier", "position", "log_chars", "is_last",
+                    "said_before", "log_terms")
 SIZE_FEATURES = ("log_chars", "log_segments")
 DAG_SIZES = ("steps", "supernodes", "depth")
 
@@ -264,17 +267,28 @@ def structure_features(prompt: str, reasoning: str, signals: Sequence[str]) -> l
 
 
 def _parse(item: Item, config: LiteConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The embedding-free part of a trace's features: selected segment texts, their position features
-    (position, log_chars, is_last) and the trace-level features. This is the slow pure-Python part
-    (step splitting, DAG, ME² analysis), so training memoises it (`Embedder.parsed`)."""
+    """The embedding-free part of a trace's features: selected segment texts, their own features (position,
+    log_chars, is_last, said_before, log_terms) and the trace-level features. This is the slow pure-Python
+    part (step splitting, DAG, ME² analysis), so training memoises it (`Embedder.parsed`)."""
+    from .me2 import content_terms
+
     segs = segments(item.reasoning)
-    chosen = select(len(segs), config.max_segments)
-    pos = np.array([(i / max(len(segs) - 1, 1), math.log1p(len(segs[i])), float(i == len(segs) - 1))
-                    for i in chosen], dtype=np.float32).reshape(len(chosen), 3)
+    chosen = set(select(len(segs), config.max_segments))
+    # Grounding: the share of a segment's terms (content words and numbers) already said in the prompt or an
+    # earlier segment, over every segment, not only the embedded ones. A restated step says nothing new; a
+    # step built on nothing said before is a jump (an invented value, an off-topic detour).
+    seen, rows = content_terms(item.prompt), []
+    for i, seg in enumerate(segs):
+        terms = content_terms(seg)
+        if i in chosen:
+            rows.append((i / max(len(segs) - 1, 1), math.log1p(len(seg)), float(i == len(segs) - 1),
+                         len(terms & seen) / len(terms) if terms else 1.0, math.log1p(len(terms))))
+        seen |= terms
+    pos = np.array(rows, dtype=np.float32).reshape(len(rows), 5)
     glob = [math.log1p(len(item.reasoning)), math.log1p(len(segs))]
     if config.use_structure:
         glob += structure_features(item.prompt, item.reasoning, config.signals)
-    return [segs[i] for i in chosen], pos, np.array(glob, dtype=np.float32)
+    return [segs[i] for i in sorted(chosen)], pos, np.array(glob, dtype=np.float32)
 
 
 def featurize(items: Sequence[Item | tuple[str, str]], config: LiteConfig, embedder: Embedder) -> Features:
@@ -495,6 +509,11 @@ POOLS = {"skythought-math500": Path("skythought-math500") / "candidates.jsonl",
 PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
 OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trace dominates
+# Only traces of at most this many segments are perturbed (12 before the edit). Perturbing every trace the
+# encoder reads whole (max_segments) adds long MATH-500 traces to a source of fixed weight; on the validation
+# split that set was no better anywhere, and 0.4 points worse on PRMBench, 1.0 on its length-matched pairs
+# (docs/trm-lite.md, round 5).
+PERTURB_MAX_SEGMENTS = 16
 VERIFIED_PAIRS_PER_PROBLEM = 4  # (correct, incorrect) candidate pairs per training problem
 
 
@@ -611,7 +630,8 @@ def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, con
             split[f"{name}_test_problem_ids"] = sorted(held_pool)
             pools[name] = [c for c in cands if c.problem_id in held_pool]
             train_cands = [c for c in cands if c.problem_id not in held_pool]
-            train += perturbation_pairs(train_cands, name, seed, config.max_segments)
+            limit = min(PERTURB_MAX_SEGMENTS, config.max_segments)
+            train += perturbation_pairs(train_cands, name, seed, limit)
             train += verified_pairs(train_cands, name, seed)
     if pairs_path is not None:
         user = [_tag(p, str(p.extra.get("problem_id", p.prompt)), "user") for p in load_pairs(pairs_path)]

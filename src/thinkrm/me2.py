@@ -250,7 +250,8 @@ def analyze(trace_or_text: Any, structurer: Any = "heuristic", *, prompt: str | 
     return _Analyzer(dag, prompt).run(trace_id)
 
 
-def _content(text: str) -> set[str]:
+def content_terms(text: str) -> set[str]:
+    """The words and numbers that carry a text's content (stopwords and discourse words dropped)."""
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP and (len(w) > 1 or w.isdigit())}
 
 
@@ -270,7 +271,7 @@ class _Analyzer:
         self._starts = [s.start for s in self.steps]
         self.words = [len(s.text.split()) for s in self.steps]
         self.total_words = sum(self.words)
-        self.content = [_content(s.text) for s in self.steps]
+        self.content = [content_terms(s.text) for s in self.steps]
 
     def step_at(self, offset: int) -> int:
         return max(0, bisect.bisect_right(self._starts, offset) - 1)
@@ -338,7 +339,7 @@ class _Analyzer:
         coherence = round(sum(pairs) / len(pairs), 3) if pairs else None
         drift: float | None = None
         if self.prompt is not None and self.steps:
-            pw = _content(self.prompt)
+            pw = content_terms(self.prompt)
             off = [i for i, c in enumerate(self.content) if not (c & pw)]
             drift = round(len(off) / len(self.steps), 3)
         unsupported = 0
