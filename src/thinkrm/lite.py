@@ -277,10 +277,11 @@ def _parse(item: Item, config: LiteConfig) -> tuple[list[str], np.ndarray, np.nd
     # Grounding: the share of a segment's terms (content words and numbers) already said in the prompt or an
     # earlier segment, over every segment, not only the embedded ones. A restated step says nothing new; a
     # step built on nothing said before is a jump (an invented value, an off-topic detour).
-    seen, rows = content_terms(item.prompt), []
+    seen, texts, rows = content_terms(item.prompt), [], []
     for i, seg in enumerate(segs):
         terms = content_terms(seg)
         if i in chosen:
+            texts.append(seg)
             rows.append((i / max(len(segs) - 1, 1), math.log1p(len(seg)), float(i == len(segs) - 1),
                          len(terms & seen) / len(terms) if terms else 1.0, math.log1p(len(terms))))
         seen |= terms
@@ -288,7 +289,7 @@ def _parse(item: Item, config: LiteConfig) -> tuple[list[str], np.ndarray, np.nd
     glob = [math.log1p(len(item.reasoning)), math.log1p(len(segs))]
     if config.use_structure:
         glob += structure_features(item.prompt, item.reasoning, config.signals)
-    return [segs[i] for i in sorted(chosen)], pos, np.array(glob, dtype=np.float32)
+    return texts, pos, np.array(glob, dtype=np.float32)
 
 
 def featurize(items: Sequence[Item | tuple[str, str]], config: LiteConfig, embedder: Embedder) -> Features:
@@ -382,14 +383,15 @@ def _build_head(config: LiteConfig, glob_dim: int):
             # which recurs within a batch (both sides of a pair share most paragraphs), so it is computed once
             # per distinct combination. Same function as the plain MLP over every slot, several times faster.
             at = mask.nonzero(as_tuple=True)
-            first, d = self.seg[0], (2 * 384 if config.use_embeddings else 0)
+            first = self.seg[0]
+            d = first.in_features - seg_x.shape[-1]  # width of the embedding part (0 without embeddings)
             h = ((seg_x[at] - self.seg_mean) / self.seg_std) @ first.weight[:, d:].T + first.bias
             if config.use_embeddings:
                 combo = seg_idx[at] * len(table) + prompt_idx[at[0]]
                 uniq, inv = torch.unique(combo, return_inverse=True)
                 e, p = table[uniq // len(table)], table[uniq % len(table)]
                 h = h + (torch.cat([e, e * p], -1) @ first.weight[:, :d].T)[inv]
-            s = torch.zeros(seg_idx.shape, dtype=h.dtype).masked_scatter(mask, self.seg[1:](h).squeeze(-1))
+            s = h.new_zeros(seg_idx.shape).masked_scatter(mask, self.seg[1:](h).squeeze(-1))
             big = torch.finfo(s.dtype).max
             m = mask.to(s.dtype)
             n = m.sum(1).clamp(min=1)
