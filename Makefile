@@ -4,8 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHARED ?= ../shared/data
+RL_FRAMEWORKS := verl==0.9.1 openrlhf==0.11.2
+# The lowest supported transformers / TRL (constraints-low.txt), for the reward-model and RL-adapter tests.
+LOW_VENV := .venv-low
+LOW_BIN := $(LOW_VENV)/bin
+LOW_STAMP := $(LOW_VENV)/.installed
+LOW_TESTS := tests/test_train.py tests/test_hf_scorer.py tests/test_tiny_models.py tests/test_rewards.py \
+	tests/test_verl_reward.py tests/test_openrlhf_reward.py
+# The slow ones that touch version-dependent code: multi-process training, LoRA merge (peft), resume from a
+# Trainer checkpoint, and TRL's real GRPO loop calling the reward (about 35 s of the ~90 s test-low spends).
+LOW_SLOW := tests/test_train.py::test_two_process_launch_trains_once_and_saves_once \
+	tests/test_train.py::test_lora_run_is_merged_into_a_plain_checkpoint \
+	tests/test_train.py::test_resume_continues_from_the_last_checkpoint \
+	tests/test_rewards.py::test_real_grpo_trainer_steps_with_the_gated_reward
 
-.PHONY: venv demo test test-fast bench lite-model browser clean
+.PHONY: venv demo test test-fast test-low bench lite-model browser clean
 
 venv: $(STAMP)
 
@@ -16,7 +29,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,serve-test]'
+	# The RL frameworks whose own loaders the adapter tests call (verl's load_extern_object, OpenRLHF's
+	# reward-file import) and whose config schemas the docs are checked against; without their GPU stacks.
+	$(BIN)/python -m pip install -q --no-deps $(RL_FRAMEWORKS)
 	touch $(STAMP)
+
+# The same on the low pins: constraints.txt with each package constraints-low.txt names swapped for its pin.
+$(LOW_STAMP): pyproject.toml constraints.txt constraints-low.txt
+	test -x $(LOW_BIN)/python || $(PY) -m venv $(LOW_VENV)
+	$(LOW_BIN)/python -m pip install -q --upgrade pip
+	$(LOW_BIN)/python -m pip install -q torch==2.13.0
+	sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' constraints-low.txt > $(LOW_VENV)/low-names
+	grep -v -i -f $(LOW_VENV)/low-names constraints.txt | cat - constraints-low.txt > $(LOW_VENV)/constraints.txt
+	$(LOW_BIN)/python -m pip install -q -c $(LOW_VENV)/constraints.txt -e '.[test]'
+	$(LOW_BIN)/python -m pip install -q --no-deps $(RL_FRAMEWORKS)
+	touch $(LOW_STAMP)
 
 demo: venv
 	$(BIN)/thinkrm analyze examples/traces.jsonl -o out/demo
@@ -26,6 +53,10 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-low: $(LOW_STAMP)
+	$(LOW_BIN)/python -m pytest -q -m "not slow" $(LOW_TESTS)
+	$(LOW_BIN)/python -m pytest -q $(LOW_SLOW)
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py --shared $(SHARED)
@@ -40,4 +71,4 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(LOW_VENV) out build *.egg-info

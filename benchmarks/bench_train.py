@@ -95,6 +95,8 @@ def run_trl(rows: list[dict], model: Path, out: Path, batch: int) -> tuple[float
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from thinkrm.train import checkpointing_option
+
     start = time.perf_counter()
     args = RewardConfig(
         output_dir=str(out),
@@ -103,7 +105,7 @@ def run_trl(rows: list[dict], model: Path, out: Path, batch: int) -> tuple[float
         num_train_epochs=1,
         lr_scheduler_type="cosine",
         bf16=False,
-        activation_checkpointing=False,
+        **checkpointing_option(False),
         logging_steps=1000,
         save_strategy="no",
         report_to="none",

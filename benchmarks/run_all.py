@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("bench_llm_structure.py", True, []),
     ("bench_lite.py", True, []),
     ("bench_bon.py", True, ["--scorer", "lite"]),
+    ("bench_rl.py", True, []),
 ]
 
 

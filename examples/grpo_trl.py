@@ -3,10 +3,14 @@
     python examples/grpo_trl.py                      # TRM-lite scores the reasoning (the default)
     python examples/grpo_trl.py --scorer length      # no model at all: shorter reasoning scores higher
     python examples/grpo_trl.py --scorer thinkrm:http://127.0.0.1:8000   # a running `thinkrm serve`
+    python examples/grpo_trl.py --normalize none     # the raw score: watch the thinking term do nothing
 
 It takes about 45 s on two busy CPU cores (most of it the warm-up below; GRPO's 4 steps about 5 s).
 What it shows: TRL's `GRPOTrainer` calling `thinkrm.rewards.thinking_reward` as a reward function, with the
-gold answer taken from the dataset's `answer` column, and r_v / r_t logged next to TRL's own metrics.
+gold answer taken from the dataset's `answer` column, and r_v / r_t logged next to TRL's own metrics, with
+`thinking_reward/reordered`: the share of GRPO groups (>= 2 correct completions of one prompt) whose order
+the thinking term changed, i.e. where it told equally correct answers apart. With TRM-lite's raw scores
+(`--normalize none`) that share is ~0: sigmoid(raw) is ~1 for every correct answer.
 
 The policy is built here, not downloaded: a byte-level BPE tokenizer trained on arithmetic text and a
 two-layer Llama, then a short supervised warm-up on "Q: What is a + b? A: <think>...</think> The answer is
@@ -83,7 +87,8 @@ def build_tiny_policy(path: str | Path, *, warmup_steps: int = 150, seed: int = 
 
 
 def train(policy: str | Path, output_dir: str | Path, *, scorer: str = "lite", alpha: float = 0.2,
-          steps: int = 4, num_generations: int = 4, prompts: int = 16, seed: int = 0):
+          normalize: str = "auto", steps: int = 4, num_generations: int = 4, prompts: int = 16,
+          seed: int = 0):
     """Run GRPO for `steps` steps; returns the trainer (its `state.log_history` holds the rewards)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -98,7 +103,7 @@ def train(policy: str | Path, output_dir: str | Path, *, scorer: str = "lite", a
                       report_to="none", use_cpu=True, seed=seed,
                       temperature=1.0, dataloader_num_workers=0, disable_tqdm=True)
     # score_all: log r_t for wrong answers too, to watch the scorer; the reward itself ignores it there.
-    reward = thinking_reward(scorer, alpha, score_all=True)
+    reward = thinking_reward(scorer, alpha, normalize=normalize, score_all=True)
     trainer = GRPOTrainer(model=str(policy), reward_funcs=[reward], args=args, train_dataset=data)
     trainer.train()
     return trainer
@@ -109,6 +114,8 @@ def main() -> None:
     parser.add_argument("--scorer", default="lite", help="thinking scorer spec (default lite; 'length' needs "
                         "no model)")
     parser.add_argument("--alpha", type=float, default=0.2)
+    parser.add_argument("--normalize", default="auto", choices=("auto", "calibrated", "group", "none"),
+                        help="how the thinking score is normalised before the sigmoid (thinkrm.rewards)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--warmup-steps", type=int, default=150)
@@ -128,12 +135,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output_dir or tmp)
         policy = build_tiny_policy(out / "policy", warmup_steps=args.warmup_steps)
-        trainer = train(policy, out / "grpo", scorer=args.scorer, alpha=args.alpha, steps=args.steps,
-                        num_generations=args.num_generations)
-        keys = ("step", "reward", "thinking_reward/r_v", "thinking_reward/r_t")
-        for row in trainer.state.log_history:
-            if "reward" in row:
-                print(json.dumps({k: row[k] for k in keys if k in row}))
+        trainer = train(policy, out / "grpo", scorer=args.scorer, alpha=args.alpha, normalize=args.normalize,
+                        steps=args.steps, num_generations=args.num_generations)
+        keys = ("step", "reward", "thinking_reward/r_v", "thinking_reward/r_t", "thinking_reward/reordered",
+                "thinking_reward/spread")
+        rows = [row for row in trainer.state.log_history if "reward" in row]
+        for row in rows:
+            print(json.dumps({k: row[k] for k in keys if k in row}))
+        reordered = [row["thinking_reward/reordered"] for row in rows if "thinking_reward/reordered" in row]
+        if reordered:
+            print(f"the thinking term reordered {sum(reordered) / len(reordered):.0%} of the groups with "
+                  f"two or more correct completions (mean over {len(reordered)} logged steps)")
+        else:
+            print("no group had two correct completions: nothing for the thinking term to order")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 It is a real HTTP server (stdlib `ThreadingHTTPServer` in a thread), so the client's real httpx stack, retries,
 timeouts and JSON handling are exercised. A *script* decides each reply from the request body: a function
 `script(body, n) -> Reply`, `n` counting requests so far. Every request body is recorded in `requests`.
+Chat requests (`messages`) get chat completions, legacy completion requests (`prompt`, what the LLM
+verifier sends) get text completions, and `GET /v1/models` lists `models`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ Script = Callable[[dict[str, Any], int], Reply]
 
 
 class ScriptedServer:
-    def __init__(self, script: Script, api_key: str | None = None, reject_response_format: bool = False):
+    def __init__(self, script: Script, api_key: str | None = None, reject_response_format: bool = False,
+                 models: tuple[str, ...] = ("scripted-model",)):
         self.script = script
+        self.models = models
         self.api_key = api_key
         self.reject_response_format = reject_response_format
         self.requests: list[dict[str, Any]] = []
@@ -50,8 +54,17 @@ class ScriptedServer:
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (the timeout tests): there is no one to answer
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/models"):
+                    return self._send(200, {"object": "list",
+                                            "data": [{"id": m, "object": "model"} for m in server.models]})
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -68,6 +81,15 @@ class ScriptedServer:
                 if reply.status != 200:
                     return self._send(reply.status, {"error": {"message": reply.error or "scripted error"}},
                                       reply.headers)
+                if "prompt" in body:
+                    prompt_tokens, completion_tokens = reply.usage or (len(body["prompt"].split()),
+                                                                       len(reply.text.split()))
+                    return self._send(200, {
+                        "id": f"cmpl-{n}", "object": "text_completion", "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop", "text": reply.text}],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt_tokens + completion_tokens},
+                    })
                 words = sum(len(m["content"].split()) for m in body["messages"])
                 prompt_tokens, completion_tokens = reply.usage or (words, len(reply.text.split()))
                 self._send(200, {

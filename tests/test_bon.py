@@ -91,6 +91,20 @@ def test_correct_is_computed_by_the_verifier_when_missing():
     assert result["strategies"]["vote"]["3"]["mean"] == 1.0
 
 
+def test_the_verifier_is_selectable():
+    # "15" is option B only for the choice verifier, which reads the options from the prompt.
+    prompt = "Which is 3 * 5?\nA. 12\nB. 15\nC. 18"
+    rows = [{"problem_id": "mc", "prompt": prompt, "gold": "B",
+             "response": f"<think>quality={q}</think> The answer is {answer}."}
+            for answer, q in (("(B)", 1), ("15", 0), ("(C)", 3))]
+    result = best_of_n(rows, CountingScorer(), ns=[3], repeats=2, workers=1, verifier="choice")
+    assert result["timings"]["verify"]["verifier"] == "choice" and result["timings"]["verify"]["verified"] == 3
+    assert result["baselines"]["random"]["3"]["mean"] == pytest.approx(2 / 3, abs=1e-4)
+    assert result["strategies"]["argmax"]["3"]["mean"] == 0.0  # the scorer prefers the wrong (C)
+    with pytest.raises(ValueError, match="unknown verifier spec 'nope'"):
+        best_of_n(rows, CountingScorer(), verifier="nope")
+
+
 def test_scores_are_cached_once_per_distinct_input_and_resumed(tmp_path):
     rows = pool("a", [("1", True, 1), ("2", False, 2)]) + pool("b", [("1", True, 1), ("2", False, 2)])
     rows.append(dict(rows[0]))  # a duplicate candidate: same prompt and reasoning, scored once

@@ -115,6 +115,33 @@ def test_position_biased_judge_yields_no_pairs_and_bad_gold_is_reported(tmp_path
     assert (tmp_path / "pairs.jsonl").read_text() == ""
 
 
+def test_verify_stage_with_the_llm_verifier(tmp_path):
+    """A model-based verifier in place of math-verify: it is shown each problem, its gold and the answer."""
+    from thinkrm.build_pairs import Builder
+    from thinkrm.io import ResumableJsonl
+
+    def verifier(body, n):
+        gold = body["prompt"].split("### Ground Truth Answer: ")[1].split("\n")[0]
+        answer = body["prompt"].split("### Student Answer: ")[1].split("\n")[0]
+        return Reply(f"Checked.\nFinal Decision: {'Yes' if answer == gold else 'No'}")
+
+    problems = write_problems(tmp_path / "problems.jsonl")
+    traces = [{"id": f"{pid}#g#{i}", "problem_id": pid, "response": f"<think>\nwork\n</think>\\boxed{{{ans}}}"}
+              for i, (pid, ans) in enumerate([("apples", "5"), ("apples", "6"), ("eggs", "12")])]
+    with ScriptedServer(verifier) as checker:
+        cfg = BuildConfig(generators=["g"], verifier=f"llm:{checker.url}")
+        builder = Builder(problems, tmp_path / "pairs.jsonl", LLMConfig(base_url=checker.url, model="j"), cfg)
+        with ResumableJsonl(tmp_path / "verified.jsonl") as store:
+            builder.verify(traces, store)
+    assert [(r["id"], r["correct"]) for r in read_jsonl(tmp_path / "verified.jsonl")] == [
+        ("apples#g#0", True), ("apples#g#1", False), ("eggs#g#2", True)]
+    assert builder.notes == [] and len(checker.requests) == 3  # one per trace, no gold self-check
+    assert {r["prompt"].split("\n")[0] for r in checker.requests} == {
+        f"User: ### Question: {p['prompt']}" for p in PROBLEMS}
+    with pytest.raises(ValueError, match="unknown verifier spec 'nope'"):
+        BuildConfig(generators=["g"], verifier="nope").validate()
+
+
 def test_sample_pairs_is_deterministic_and_mixes_generators():
     traces = [{"id": f"p#{g}#{i}", "generator": g, "reasoning": f"{g}{i}"} for g in ("x", "y") for i in range(3)]
     picked = sample_pairs("p", traces, 5, seed=0)
@@ -141,6 +168,9 @@ def test_cli_bad_input_and_unreachable_server(tmp_path):
     res = runner.invoke(app, ["build-pairs", str(good), "-o", str(tmp_path / "o.jsonl"), "-g", "a=m@",
                               "--base-url", "http://127.0.0.1:9/v1", "--model", "j"])
     assert res.exit_code == 2 and "bad generator spec" in res.output
+    res = runner.invoke(app, ["build-pairs", str(good), "-o", str(tmp_path / "o.jsonl"), "-g", "m",
+                              "--base-url", "http://127.0.0.1:9/v1", "--model", "j", "--verifier", "nope"])
+    assert res.exit_code == 2 and "unknown verifier spec 'nope'" in res.output
 
 
 def test_cli_judge_writes_verdicts(tmp_path):

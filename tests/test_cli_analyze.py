@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,12 @@ def test_a_million_character_trace(tmp_path):
     ('{"id": "x", "prompt": "Q", "response": {"t": "r"}}', "field 'response': expected a string, got dict"),
     ('{"id": [1], "prompt": "Q", "reasoning": "r"}', "field 'id'"),
     ('["not", "an", "object"]', "expected a JSON object, got list"),
+    ('{"id": "x", "prompt": "Q", "reasoning": "a \\ud800 b"}',
+     "field 'reasoning': contains a lone surrogate (\\ud800) at character 2"),
+    ('{"id": "x", "prompt": "Q\\u0000", "reasoning": "r"}', "field 'prompt': contains a NUL character"),
+    ('{"id": "x", "prompt": "Q", "reasoning": "r", "m": ' + "[" * 100_000 + "]" * 100_000 + "}",
+     "nested deeper than 100 levels"),
+    ('{"id": "ok", "prompt": "Q", "reasoning": "r"}', "field 'id': duplicate id 'ok' (first on line 1)"),
 ])
 def test_bad_rows_fail_clearly_and_leave_no_output(tmp_path, bad, message):
     src = write_lines(tmp_path / "t.jsonl", [GOOD, bad, {**GOOD, "id": "after"}])
@@ -140,7 +148,10 @@ def test_bad_rows_fail_clearly_and_leave_no_output(tmp_path, bad, message):
     assert outputs(out) == []  # neither file, and no temporary left behind
 
 
-BAD_ROWS = [b'{"prompt": "Q", "reasoning": "caf\xe9"}', '{"prompt": 5, "reasoning": "r"}', "{oops"]
+BAD_ROWS = [b'{"prompt": "Q", "reasoning": "caf\xe9"}', '{"prompt": 5, "reasoning": "r"}', "{oops",
+            '{"prompt": "Q", "reasoning": "\\udfff"}',
+            '{"prompt": "Q", "reasoning": "r", "m": ' + "[" * 5000 + "]" * 5000 + "}",
+            '{"id": "ok", "prompt": "Q", "reasoning": "the later of two rows with one id"}']
 
 
 @pytest.mark.parametrize("bad", BAD_ROWS)
@@ -171,13 +182,41 @@ def test_whole_file_problems(tmp_path):
     assert r.exit_code == 2 and "not valid UTF-8" in r.text
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    r = invoke(empty, "-o", tmp_path / "o2")
-    assert r.exit_code == 0 and (tmp_path / "o2" / "analysis.jsonl").read_text() == ""
-    assert "ME² summary (0 traces)" in r.text
+    r = invoke(empty, "-o", tmp_path / "o2")  # nothing to analyse is an error, not an empty report
+    assert r.exit_code == 2 and f"{empty}: no rows: the file is empty" in r.text
+    assert outputs(tmp_path / "o2") == []
+    r = invoke(empty, "-o", tmp_path / "o3", "--limit", "0")  # unless nothing was asked for
+    assert r.exit_code == 0 and "ME² summary (0 traces)" in r.text
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     r = invoke(EXAMPLES, "-o", not_a_dir)
     assert r.exit_code == 2 and "exists and is not a directory" in r.text and not_a_dir.read_text() == "x"
+
+
+def test_outputs_never_replace_the_input_or_a_non_file(tmp_path):
+    src = write_lines(tmp_path / "analysis.jsonl", [GOOD])
+    before = src.read_bytes()
+    r = invoke(src, "-o", tmp_path)  # analysis.jsonl in the output directory is the input itself
+    assert r.exit_code == 2 and "is the input file" in r.text and src.read_bytes() == before
+    out = tmp_path / "o"
+    out.mkdir()
+    os.mkfifo(out / "index.html")
+    r = invoke(src, "-o", out)
+    assert r.exit_code == 2 and "index.html: is a FIFO, not a regular file" in r.text
+    assert stat.S_ISFIFO(os.lstat(out / "index.html").st_mode) and outputs(out) == ["index.html"]
+
+
+def test_a_rerun_removes_what_a_killed_run_left(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    # What `kill -9` during the writes leaves: the hidden, unlocked temporaries of atomic_write.
+    for name in (".analysis.jsonl.k1ll3d_0.tmp", ".index.html.abcdefgh.tmp"):
+        (out / name).write_bytes(b"x" * 100_000)
+    (out / ".notes.txt.abcdefgh.tmp").write_text("someone else's")
+    r = invoke(write_lines(tmp_path / "t.jsonl", [GOOD]), "-o", out)
+    assert r.exit_code == 0, r.output
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [".notes.txt.abcdefgh.tmp", "analysis.jsonl", "index.html"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,10 +1,13 @@
 import json
+import os
+import stat
 
 import pytest
 from typer.testing import CliRunner
 
 from thinkrm.cli import app
 from thinkrm.cli.score import run_score
+from thinkrm.io import InputError
 from thinkrm.scoring import Scorer
 
 runner = CliRunner()
@@ -181,3 +184,216 @@ def test_thinkrm_server_key_in_the_environment_is_not_sent_to_other_servers(tmp_
             assert headers.get("authorization") == expected
     finally:
         server.close()
+
+
+def test_output_that_is_not_a_regular_file_is_refused_and_kept(tmp_path):
+    src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for extra in ([], ["--resume"]):
+        r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(fifo), *extra])
+        assert r.exit_code == 2 and f"error: {fifo}: is a FIFO, not a regular file" in r.output
+        assert "Traceback" not in r.output and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "keep").write_text("x")
+    r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(d)])
+    assert r.exit_code == 2 and f"{d}: is a directory; expected a file" in r.output
+    assert (d / "keep").read_text() == "x"
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+def test_output_may_not_be_the_input_under_any_name(tmp_path, link):
+    src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
+    before = src.read_bytes()
+    out = {"same": src, "symlink": tmp_path / "s.jsonl", "hardlink": tmp_path / "h.jsonl"}[link]
+    if link == "symlink":
+        out.symlink_to(src)
+    elif link == "hardlink":
+        out.hardlink_to(src)
+    for extra in ([], ["--resume"]):
+        r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(out), *extra])
+        assert r.exit_code == 2 and "is the input file" in r.output
+        assert src.read_bytes() == before and out.exists()
+
+
+SURROGATE = '{"id": "s", "prompt": "Q", "reasoning": "bad \\ud800 text"}'
+DEEP_VALUE = "[" * 100_000 + "]" * 100_000
+DEEP = '{"id": "deep", "prompt": "Q", "reasoning": "r", "m": ' + DEEP_VALUE + "}"
+NUL = '{"id": "nul", "prompt": "Q\\u0000", "reasoning": "r"}'
+EMPTY = '{"id": "empty", "prompt": "Q", "reasoning": "  \\n"}'
+EMPTY_RESPONSE = '{"id": "empty2", "prompt": "Q", "response": "</think> 42"}'
+
+
+@pytest.mark.parametrize("bad, words", [
+    (SURROGATE, ":3: field 'reasoning': contains a lone surrogate (\\ud800) at character 4"),
+    (DEEP, ":3: nested deeper than 100 levels"),
+    (NUL, ":3: field 'prompt': contains a NUL character"),
+    (EMPTY, ":3: field 'reasoning': empty reasoning"),
+    (EMPTY_RESPONSE, ":3: field 'response': empty reasoning"),
+])
+def test_bad_text_is_a_row_error_and_costs_no_good_row(tmp_path, bad, words):
+    src = write_jsonl(tmp_path / "traces.jsonl", [*TRACES[:2], bad, *TRACES[2:]])
+    out = tmp_path / "scored.jsonl"
+    r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(out)])
+    assert r.exit_code == 2 and f"error: {src}{words}" in r.output and "Traceback" not in r.output
+    # The rows before the bad one are kept, so fixing the row and resuming finishes the job.
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2"]
+    r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(out), "--skip-bad"])
+    assert r.exit_code == 0, r.output
+    assert f"skipped {src}{words}" in r.output and "scored 5 rows, skipped 1 bad rows" in r.output
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
+
+
+@pytest.mark.slow
+def test_lone_surrogate_with_the_embedded_model_keeps_the_good_rows(tmp_path):
+    """The probe of issue 16: TRM-lite's tokenizer crashed on the row and the whole chunk was lost."""
+    src = write_jsonl(tmp_path / "traces.jsonl", [*TRACES[:2], SURROGATE, *TRACES[2:]])
+    out = tmp_path / "scored.jsonl"
+    r = runner.invoke(app, ["score", str(src), "--scorer", "lite", "-o", str(out), "--skip-bad"])
+    assert r.exit_code == 0, r.output
+    assert "skipped 1 bad rows" in r.output and f"{src}:3: field 'reasoning'" in r.output
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_empty_input_is_an_error_and_leaves_an_earlier_output_alone(tmp_path, content):
+    src = tmp_path / "traces.jsonl"
+    src.write_text(content)
+    out = write_jsonl(tmp_path / "scored.jsonl", [{"id": "old", "score": 1.0}])
+    r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(out)])
+    assert r.exit_code == 2 and f"error: {src}: no rows: the file is empty" in r.output
+    assert read_jsonl(out) == [{"id": "old", "score": 1.0}]
+
+
+class Picky(Scorer):
+    """Fails a whole call that contains a poisoned item, as a server answering 422 for one item does."""
+
+    spec = "picky"
+
+    def __init__(self, error=ValueError):
+        self.calls = 0
+        self.error = error
+
+    def score(self, items):
+        self.calls += 1
+        if any("POISON" in r for _, r in items):
+            raise self.error("cannot take this text")
+        return [float(len(r)) for _, r in items]
+
+
+def test_a_row_the_scorer_fails_on_costs_only_that_row(tmp_path):
+    rows = [*TRACES[:2], {"id": "p", "prompt": "Q", "reasoning": "POISON"}, *TRACES[2:]]
+    src = write_jsonl(tmp_path / "traces.jsonl", rows)
+    out = tmp_path / "scored.jsonl"
+    res = run_score(src, out, Picky(), skip_bad=True, show_progress=False)
+    assert res.scored == 5 and len(res.skipped) == 1
+    assert f"{src}:3: the scorer failed on this row: ValueError: cannot take this text" == res.skipped[0]
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
+    # Without --skip-bad the run stops at that row, but the good rows of its chunk are written.
+    with pytest.raises(InputError, match=r"traces.jsonl:3: the scorer failed on this row"):
+        run_score(src, out, Picky(), show_progress=False)
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
+
+
+def test_scorer_failures_that_are_not_about_rows_are_not_retried_row_by_row(tmp_path):
+    src = write_jsonl(tmp_path / "traces.jsonl", [{**t, "reasoning": "POISON"} for t in TRACES])
+    scorer = Picky()
+    with pytest.raises(ValueError, match="cannot take this text"):  # every row fails: the scorer is broken
+        run_score(src, tmp_path / "o.jsonl", scorer, skip_bad=True, show_progress=False)
+    assert scorer.calls == 1 + len(TRACES)
+    down = Picky(ConnectionError)
+    with pytest.raises(ConnectionError):  # an unreachable server is no reason to try each row
+        run_score(src, tmp_path / "o.jsonl", down, skip_bad=True, show_progress=False)
+    assert down.calls == 1
+
+
+def test_path_errors_of_the_system_are_one_line(tmp_path):
+    src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
+    out = tmp_path / ("x" * 300) / "o.jsonl"
+    r = runner.invoke(app, ["score", str(src), "--scorer", "length", "-o", str(out)])
+    assert r.exit_code == 2 and "File name too long" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_kill_9_during_resumed_scoring_loses_and_duplicates_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 4000
+    src = write_jsonl(tmp_path / "traces.jsonl",
+                      [{"id": f"t{i}", "prompt": "Q", "reasoning": "w " * (i % 50 + 1)} for i in range(n)])
+    out = tmp_path / "scored.jsonl"
+    code = (
+        "import sys, time\n"
+        "from thinkrm.cli.score import run_score\n"
+        "from thinkrm.scoring import Scorer\n"
+        "class Slow(Scorer):\n"
+        "    spec = 'slow'\n"
+        "    def score(self, items):\n"
+        "        time.sleep(0.02)\n"
+        "        return [float(len(r)) for _, r in items]\n"
+        "run_score(sys.argv[1], sys.argv[2], Slow(), resume=True, show_progress=False)\n")
+    for _ in range(3):  # killed three times at different points, then left to finish
+        proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out)])
+        deadline = time.monotonic() + 60
+        start = out.stat().st_size if out.exists() else 0
+        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < start + 20_000):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run([sys.executable, "-c", code, str(src), str(out)], check=True, timeout=300)
+    rows = read_jsonl(out)
+    assert sorted(int(r["id"][1:]) for r in rows) == list(range(n))  # each id exactly once
+    assert all(r["score"] == float(len(r["reasoning"])) for r in rows)
+
+
+def test_eval_pairs_bad_text_is_a_bad_row_with_its_line(tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", [
+        *PAIRS[:3],
+        '{"id": "s", "prompt": "Q", "chosen": "x \\ud800", "rejected": "y"}',
+        '{"id": "d", "prompt": "Q", "chosen": "x", "rejected": "y", "m": ' + DEEP_VALUE + "}",
+    ])
+    out = tmp_path / "eval"
+    r = runner.invoke(app, ["eval-pairs", str(src), "--scorer", "length", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["num_pairs"] == 3 and res["bad_rows"]["count"] == 2
+    assert [e.split(": ", 1)[0] for e in res["bad_rows"]["examples"]] == [f"{src}:{i}" for i in (4, 5)]
+    assert "field 'chosen': contains a lone surrogate" in res["bad_rows"]["examples"][0]
+    assert "nested deeper than 100 levels" in res["bad_rows"]["examples"][1]
+
+
+def test_eval_pairs_without_a_valid_pair_is_an_error_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    r = runner.invoke(app, ["eval-pairs", str(empty), "--scorer", "length", "-o", str(tmp_path / "e1")])
+    assert r.exit_code == 2 and f"error: {empty}: no rows: the file is empty" in r.output
+    bad = write_jsonl(tmp_path / "bad.jsonl", [PAIRS[3], "{oops"])
+    r = runner.invoke(app, ["eval-pairs", str(bad), "--scorer", "length", "-o", str(tmp_path / "e2")])
+    assert r.exit_code == 2 and "no valid pairs: all 2 rows are bad" in r.output and f"{bad}:1" in r.output
+    assert not any(p.is_file() for p in tmp_path.glob("e*/*"))
+
+
+def test_eval_pairs_output_directory_is_checked_before_anything_is_written(tmp_path):
+    src = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    before = src.read_bytes()
+    r = runner.invoke(app, ["eval-pairs", str(src), "--scorer", "length", "-o", str(src)])
+    assert r.exit_code == 2 and "exists and is not a directory" in r.output and "Traceback" not in r.output
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "outputs.jsonl").symlink_to(src)
+    r = runner.invoke(app, ["eval-pairs", str(src), "--scorer", "length", "-o", str(out)])
+    assert r.exit_code == 2 and "outputs.jsonl: is the input file" in r.output
+    assert src.read_bytes() == before
+
+
+def test_calibrate_refuses_to_write_its_input_before_scoring(tmp_path):
+    src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
+    before = src.read_bytes()
+    link = tmp_path / "link.json"
+    link.symlink_to(src)
+    r = runner.invoke(app, ["calibrate", str(src), "--scorer", "length", "-o", str(link)])
+    assert r.exit_code == 2 and "is the input file" in r.output and src.read_bytes() == before

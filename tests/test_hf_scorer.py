@@ -125,3 +125,24 @@ def test_bad_checkpoints_give_clear_errors(tiny_reward_model, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="2 labels"):
         load_scorer(f"hf:{d}")
+
+
+def test_already_encoded_inputs_score_like_a_plain_forward_in_input_order(tiny_reward_model):
+    # What `thinkrm train` calibrates with: the token ids of the training data, not re-encoded text.
+    scorer = load_scorer(f"hf:{tiny_reward_model}", batch_size=3)
+    ids = [e.input_ids for e in scorer.encoder.encode_batch(ITEMS)]
+    assert scorer.score_encoded(ids) == pytest.approx(reference(tiny_reward_model, ITEMS), abs=1e-5)
+
+
+def test_calibration_is_read_from_a_local_checkpoint(tiny_reward_model, tmp_path):
+    from thinkrm.calibration import Calibration
+
+    assert load_scorer(f"hf:{tiny_reward_model}").calibration is None  # a plain checkpoint records none
+    d = tmp_path / "calibrated"
+    shutil.copytree(tiny_reward_model, d)
+    (d / "thinkrm.json").write_text(json.dumps({"input_format": "plain", "max_length": 256,
+                                                "calibration": {"center": -1.5, "scale": 0.25, "n": 40,
+                                                                "reference": "held-out"}}))
+    scorer = load_scorer(f"hf:{d}")
+    assert scorer.calibration == Calibration(-1.5, 0.25, 40, "held-out") and scorer.max_length == 256
+    assert load_scorer(f"hf:{d}", calibration="2,3").calibration.center == 2.0  # a given one wins

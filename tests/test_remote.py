@@ -98,6 +98,33 @@ def test_each_protocol_scores_in_order_across_concurrent_chunks(server, kind, pa
     assert "authorization" not in {k.lower() for k in server.requests[0][2]}
 
 
+@pytest.mark.parametrize("kind, path", [("sglang", "/v1/embeddings"), ("vllm", "/classify"),
+                                        ("openrlhf", "/get_reward"), ("thinkrm", "/score")])
+def test_each_protocol_spreads_chunks_over_comma_separated_replicas(server, kind, path, monkeypatch):
+    monkeypatch.delenv("THINKRM_API_KEY", raising=False)
+    other = FakeServer()
+    try:
+        with load_scorer(f"{kind}:{server.url},{other.url.removeprefix('http://')}", batch_size=1,
+                         concurrency=2) as scorer:
+            assert scorer.base_urls == [server.url, other.url] and scorer.url == server.url + path
+            assert scorer.score(ITEMS) == pytest.approx(EXPECTED)
+    finally:
+        other.close()
+    assert len(server.requests) + len(other.requests) == 7 and server.requests and other.requests
+
+
+def test_bad_answer_names_the_replica_that_gave_it(server):
+    other = FakeServer()
+    other.script = [(200, b'{"scores": []}', 0)]
+    try:
+        scorer = load_scorer(f"thinkrm:{server.url},{other.url}")
+        assert scorer.score(ITEMS[:1]) == pytest.approx(EXPECTED[:1])  # the first replica's turn
+        with pytest.raises(ServerResponseError, match=f"^{other.url}/score answered HTTP 200: expected 1 "):
+            scorer.score(ITEMS[:1])
+    finally:
+        other.close()
+
+
 def test_protocol_payloads(server):
     load_scorer(f"sglang:{server.url}", model="trm").score(ITEMS[:1])
     load_scorer(f"openrlhf:{server.url}").score(ITEMS[:1])
@@ -183,6 +210,8 @@ def test_unreachable_server_retries_then_names_url():
 def test_url_is_required():
     with pytest.raises(ValueError, match="vllm:http://HOST:PORT"):
         load_scorer("vllm:")
+    with pytest.raises(ValueError, match="empty URL"):
+        load_scorer("vllm:h1:1,")
 
 
 def test_every_client_protocol_against_the_real_thinkrm_server(monkeypatch):

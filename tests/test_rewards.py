@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import math
+import pickle
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
+from thinkrm.calibration import Calibration
 from thinkrm.rewards import (
     AsyncThinkingReward,
     ThinkingReward,
     completion_text,
     gated,
+    gated_batch,
+    normalize_scores,
+    problem_from_chat,
     prompt_text,
+    recover_response,
+    reorder_stats,
     sigmoid,
     thinking_reward,
 )
@@ -46,7 +54,7 @@ def test_gated_formula_and_bounds():
 
 
 def test_compute_verifies_then_scores_only_correct_answers():
-    reward = ThinkingReward("length", alpha=0.2)
+    reward = ThinkingReward("length", alpha=0.2, normalize="none")
     batch = reward.compute(["3 + 4?"] * 4, [RIGHT, RIGHT_LONG, WRONG, RIGHT], ["7", "7", "7", None])
     assert batch.r_v == [1.0, 1.0, 0.0, None]
     assert batch.r_t[2] is None and batch.r_t[3] is None  # wrong: not worth scoring; no gold: no reward
@@ -119,58 +127,102 @@ def test_trl_async_variant_is_detected_and_awaited_like_trl_does():
     assert asyncio.run(on_trl_loop()) == sync(**kwargs)
 
 
-def test_verl_compute_score_as_naive_reward_manager_calls_it():
-    from thinkrm.verl_reward import compute_score
+def test_gated_normalize_modes():
+    cal = Calibration(center=20.0, scale=4.0)
+    assert gated(1, 20.0, normalize="calibrated", calibration=cal) == pytest.approx(0.9)
+    assert gated(1, 24.0, normalize="calibrated", calibration=cal) == pytest.approx(0.8 + 0.2 * sigmoid(1.0))
+    # Raw scores far above 0 saturate the sigmoid: the reason calibration exists.
+    assert gated(1, 20.0) == pytest.approx(1.0, abs=1e-8) and gated(1, 24.0) == pytest.approx(1.0, abs=1e-8)
+    with pytest.raises(ValueError, match="calibration"):
+        gated(1, 20.0, normalize="calibrated")
+    with pytest.raises(ValueError, match="gated_batch"):
+        gated(1, 20.0, normalize="group")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        gated(1, 20.0, normalize="zscore")
 
-    out = compute_score(data_source="openai/gsm8k", solution_str=RIGHT, ground_truth="7",
-                        extra_info={"split": "train", "index": 0, "question": "What is 3 + 4?"},
-                        scorer="length")
-    assert set(out) == {"score", "r_v", "r_t"}
-    assert out["r_v"] == 1.0 and out["r_t"] == -len("3 + 4 = 7") and out["score"] == gated(1, out["r_t"])
-    wrong = compute_score("openai/gsm8k", WRONG, "7", None, scorer="length")
-    assert wrong["score"] == 0.0 and wrong["r_v"] == 0.0 and isinstance(wrong["r_t"], float)
+
+def test_group_normalization_standardises_correct_answers_per_group():
+    r_v = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, None]
+    r_t = [30.0, 10.0, 99.0, 5.0, 7.0, 7.0, None]
+    groups = ["a", "a", "a", "b", "c", "c", "c"]
+    z = normalize_scores(r_t, "group", r_v=r_v, groups=groups)
+    assert z[0] == pytest.approx(1.0) and z[1] == pytest.approx(-1.0)  # two items: +-1 population sd
+    assert z[2] is None  # wrong answers take no part in their group's statistics
+    assert z[3] == 0.0  # alone in its group: nothing to compare with
+    assert z[4] == z[5] == 0.0  # equal scores: no preference, not a division by zero
+    rewards, _ = gated_batch(r_v, r_t, 0.2, normalize="group", groups=groups)
+    assert rewards[0] == pytest.approx(0.8 + 0.2 * sigmoid(1.0)) and rewards[2] == 0.0 and rewards[6] is None
+    # The same group shifted by any constant gets the same rewards: group mode is scale- and offset-free.
+    shifted, _ = gated_batch(r_v, [None if t is None else 3 * t - 500 for t in r_t], 0.2, normalize="group",
+                             groups=groups)
+    assert shifted[:2] == pytest.approx(rewards[:2])
 
 
-@pytest.mark.parametrize("engine", ["sglang", "vllm"])
-def test_verl_reward_loop_call_scores_through_the_router(engine):
-    """verl's reward loop adds reward_router_address (host:port, no scheme) and reward_model_tokenizer;
-    the thinking score must then come from the server behind it, here a real `thinkrm serve`."""
+def test_reorder_stats_count_groups_whose_correct_answers_the_thinking_term_orders():
+    r_v = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    groups = ["a", "a", "a", "b", "b", "c"]
+    stats = reorder_stats([0.95, 0.85, 0.0, 1.0, 1.0 - 1e-7, 0.9], r_v, groups)
+    assert stats["groups"] == 2 and stats["reordered"] == 0.5  # "b" differs by float noise only
+    assert stats["spread"] == pytest.approx((0.1 + 1e-7) / 2)
+
+
+def test_auto_uses_the_scorers_calibration_else_group_and_calibrated_requires_one():
     from thinkrm.scoring import load_scorer
-    from thinkrm.serve import ServeConfig, running
-    from thinkrm.verl_reward import compute_score, compute_score_async
 
-    scorer = load_scorer("length")
-    with running(scorer, ServeConfig(port=0)) as url:
-        address = url.split("://", 1)[1]
-        kwargs = dict(data_source="math", solution_str=RIGHT_LONG, ground_truth="7",
-                      extra_info={"question": "What is 3 + 4?"}, reward_router_address=address,
-                      reward_model_tokenizer=None, reward_model_path="trm", router_engine=engine)
-        out = compute_score(**kwargs)
-        assert asyncio.run(compute_score_async(**kwargs)) == out
-    expected = scorer.score([("What is 3 + 4?", RIGHT_LONG.split("</think>")[0].removeprefix("<think>"))])[0]
-    assert out["r_v"] == 1.0 and out["r_t"] == pytest.approx(expected)
-    assert out["score"] == pytest.approx(gated(1, expected))
+    prompts, responses, golds = ["3 + 4?"] * 2, [RIGHT, RIGHT_LONG], ["7", "7"]
+    calibrated = ThinkingReward(load_scorer("length", calibration="-40,10"), normalize="auto")
+    batch = calibrated.compute(prompts, responses, golds)
+    assert batch.normalize == "calibrated"
+    assert batch.z[0] == pytest.approx((-len("3 + 4 = 7") + 40) / 10)
+    grouped = ThinkingReward("length").compute(prompts, responses, golds)
+    assert grouped.normalize == "group" and grouped.z == [pytest.approx(1.0), pytest.approx(-1.0)]
+    with pytest.raises(ValueError, match="has no calibration"):
+        ThinkingReward("length", normalize="calibrated").compute(prompts, responses, golds)
+    given = ThinkingReward("length", normalize="calibrated", calibration=(-40, 10))
+    assert given.compute(prompts, responses, golds).z == batch.z
 
 
-def test_openrlhf_reward_func_as_openrlhf_loads_and_calls_it(monkeypatch):
-    """OpenRLHF imports the file by path and calls reward_func(queries, prompts, labels)."""
-    import torch
+def test_reward_pickles_after_use_and_still_scores():
+    reward = thinking_reward("length", normalize="none")
+    kwargs = dict(prompts=["q", "q"], completions=[RIGHT, WRONG], answer=["7", "7"])
+    before = reward(**kwargs)
+    clone = pickle.loads(pickle.dumps(reward))
+    assert clone(**kwargs) == before and clone.alpha == reward.alpha
+    async_clone = pickle.loads(pickle.dumps(thinking_reward("length", normalize="none", asynchronous=True)))
+    assert asyncio.run(async_clone(**kwargs)) == before
 
-    import thinkrm.openrlhf_reward as module
 
-    monkeypatch.setenv("THINKRM_SCORER", "length")
-    spec = importlib.util.spec_from_file_location("reward_func", module.__file__)
-    loaded = importlib.util.module_from_spec(spec)
-    loaded.__package__ = "thinkrm"  # the file uses relative imports of its own package
-    spec.loader.exec_module(loaded)
-    prompts = ["<|user|>What is 3 + 4?<|assistant|>"] * 2
-    out = loaded.reward_func([p + r for p, r in zip(prompts, [RIGHT, WRONG])], prompts, ["7", "7"])
-    assert set(out) == {"rewards", "scores", "extra_logs"}
-    assert isinstance(out["rewards"], torch.Tensor) and out["rewards"].shape == (2,)
-    assert out["scores"].tolist() == [1.0, 0.0]
-    assert out["rewards"][0].item() == pytest.approx(gated(1, -len("3 + 4 = 7")), rel=1e-6)
-    assert out["rewards"][1].item() == 0.0
-    assert set(out["extra_logs"]) == {"r_v", "r_t"}
+def test_problem_from_chat_and_recover_response():
+    chatml = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    llama3 = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 3 + 4?<|eot_id|>"
+              "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert problem_from_chat(chatml) == problem_from_chat(llama3) == "What is 3 + 4?"
+    assert problem_from_chat("<|user|>What is 3 + 4?<|assistant|>") == "What is 3 + 4?"
+    assert problem_from_chat("Q: plain prompt") == "Q: plain prompt"
+    assert recover_response(chatml + RIGHT, chatml) == RIGHT
+    assert recover_response("<s>" + chatml + RIGHT, chatml) == RIGHT  # a BOS the round trip added
+    with pytest.raises(ValueError, match="does not contain its prompt"):
+        recover_response("something else entirely", chatml)
+
+
+@pytest.mark.slow
+def test_lite_ships_a_calibration_that_makes_the_gated_reward_move():
+    """The default scorer's raw scores saturate the sigmoid; its shipped calibration spreads the rewards
+    of correct traces over the alpha span."""
+    from thinkrm.scoring import load_scorer
+    from thinkrm.trace import load_traces
+
+    scorer = load_scorer("lite")
+    assert scorer.calibration is not None and scorer.calibration.n > 100
+    traces = list(load_traces(ROOT / "examples" / "traces.jsonl"))
+    raw = scorer.score([(t.prompt, t.reasoning) for t in traces])
+    plain = [gated(1, s) for s in raw]
+    calibrated = [gated(1, s, normalize="calibrated", calibration=scorer.calibration) for s in raw]
+    iqr = lambda xs: statistics.quantiles(xs, n=4)[2] - statistics.quantiles(xs, n=4)[0]  # noqa: E731
+    assert iqr(plain) < 0.02 and iqr(calibrated) > 0.05
+    reward = pickle.loads(pickle.dumps(thinking_reward("lite")))
+    assert reward.compute(["What is 3 + 4?"], [RIGHT], ["7"]).normalize == "calibrated"
 
 
 def _example():

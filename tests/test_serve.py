@@ -106,17 +106,26 @@ def test_get_reward_recovers_response_from_query_using_prompts(server):
 
 @pytest.mark.slow  # the verifier's worker processes start on first use
 def test_get_reward_with_labels_is_the_gated_reward(server):
+    """The fixture's length scorer has no calibration, so "auto" standardises the correct answers of each
+    prompt within the request; a configured calibration is used as given."""
     client, _ = server
     prompt = "User: 2+3?\nAssistant:"
-    right = " 2+3=5</think> \\boxed{5}"
+    right, right_long = " 2+3=5</think> \\boxed{5}", " 2+3 is 5, yes 5</think> \\boxed{5}"
     wrong = " 2+3=6, hmm, long reasoning</think> \\boxed{6}"
-    body = client.post("/get_reward", json={"query": [prompt + right, prompt + wrong],
-                                            "prompts": [prompt] * 2, "labels": ["5", "5"]}).json()
-    r_t = [-float(len(" 2+3=5")), -float(len(" 2+3=6, hmm, long reasoning"))]
-    assert body["extra_logs"] == {"r_v": [1.0, 0.0], "r_t": r_t}
-    assert body["scores"] == [1.0, 0.0]
-    assert body["rewards"] == pytest.approx([gated(1.0, r_t[0], alpha=0.2), 0.0])
-    assert 0.8 <= body["rewards"][0] <= 1.0
+    body = client.post("/get_reward", json={"query": [prompt + right, prompt + wrong, prompt + right_long],
+                                            "prompts": [prompt] * 3, "labels": ["5", "5", "5"]}).json()
+    r_t = [-float(len(" 2+3=5")), -float(len(" 2+3=6, hmm, long reasoning")), -float(len(" 2+3 is 5, yes 5"))]
+    assert body["extra_logs"] == {"r_v": [1.0, 0.0, 1.0], "r_t": r_t, "r_t_normalized": [1.0, 0.0, -1.0]}
+    assert body["scores"] == [1.0, 0.0, 1.0]
+    assert body["rewards"] == pytest.approx([gated(1.0, 1.0), 0.0, gated(1.0, -1.0)])
+    config = ServeConfig(port=0, normalize="calibrated", calibration="-40,10")
+    with running(LengthScorer(), config) as url, httpx.Client(base_url=url) as c:
+        body = c.post("/get_reward", json={"query": [prompt + right], "prompts": [prompt], "labels": ["5"]}).json()
+    assert body["rewards"] == pytest.approx([gated(1.0, (r_t[0] + 40) / 10)])
+    with pytest.raises(ValueError, match="has no calibration"):
+        running(LengthScorer(), ServeConfig(port=0, normalize="calibrated")).__enter__()
+    with pytest.raises(ValueError, match="invalid --normalize"):
+        ServeConfig(normalize="zscore")
 
 
 def test_get_reward_rejects_inconsistent_requests(server):
@@ -127,6 +136,23 @@ def test_get_reward_rejects_inconsistent_requests(server):
     assert r.status_code == 422 and "query[0] does not contain prompts[0]" in r.json()["detail"]
     no_prompts = client.post("/get_reward", json={"query": ["Q?\nreasoning</think>answer"]}).json()
     assert no_prompts["rewards"] == [-float(len("reasoning"))]
+
+
+def test_get_reward_checks_answers_with_the_configured_verifier():
+    from typer.testing import CliRunner
+
+    from thinkrm.cli import app
+
+    # The option text "15" maps to letter B only through the options in the prompt the server passes on.
+    prompt = "User: 3*5?\nA. 12\nB. 15\nAssistant:"
+    queries = [prompt + " 3*5=15</think> The answer is 15.", prompt + " 3*4</think> The answer is (A)."]
+    with running(LengthScorer(), ServeConfig(port=0, verifier="choice")) as url, httpx.Client(base_url=url) as c:
+        body = c.post("/get_reward", json={"query": queries, "prompts": [prompt] * 2, "labels": ["B", "B"]}).json()
+    assert body["scores"] == [1.0, 0.0] and body["extra_logs"]["r_v"] == [1.0, 0.0]
+    with pytest.raises(ValueError, match="unknown verifier spec 'nope'"):
+        ServeConfig(verifier="nope")
+    bad = CliRunner().invoke(app, ["serve", "--scorer", "length", "--verifier", "nope"])
+    assert bad.exit_code == 2 and "unknown verifier spec" in bad.output
 
 
 def test_score_protocol_scores_reasoning_and_returns_analysis_on_request(server):

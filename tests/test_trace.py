@@ -68,3 +68,24 @@ def test_json_list_input(tmp_path):
     p.write_text(json.dumps([{"prompt": "a", "reasoning": "r"}]))
     (t,) = load_traces(p)
     assert t.id == "1" and t.prompt == "a"
+
+
+def test_read_traces_options_unique_ids_empty_reasoning_and_empty_file(tmp_path):
+    from thinkrm.trace import read_traces
+
+    p = tmp_path / "t.jsonl"
+    rows = [{"id": "a", "prompt": "Q", "reasoning": "r", "extra": 1},
+            {"id": "a", "prompt": "Q", "reasoning": "s"},
+            {"id": "b", "prompt": "Q", "response": "</think> 5"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [t.id for t in load_traces(p)] == ["a", "a", "b"]  # the defaults change nothing
+    bad = []
+    got = list(read_traces(p, skip_bad=True, on_bad=bad.append, unique_ids=True, require_reasoning=True))
+    assert [(t.id, rec) for t, rec in got] == [("a", rows[0])]
+    assert [str(e) for e in bad] == [f"{p}:2: field 'id': duplicate id 'a' (first on line 1)",
+                                     (f"{p}:3: field 'response': empty reasoning (nothing before the "
+                                      "end-of-thinking marker)")]
+    p.write_text("\n")
+    assert list(load_traces(p)) == []
+    with pytest.raises(InputError, match="no rows: the file is empty"):
+        list(load_traces(p, allow_empty=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from thinkrm.calibration import Calibration
 from thinkrm.formatting import InputEncoder
 from thinkrm.io import InputError
 from thinkrm.train import CHECKPOINTS, PRESETS, REPORT, SIDECAR, TrainConfig, _reward_config, train
@@ -174,6 +177,69 @@ def test_saved_model_scores_the_same_through_hf_scorer(trained):
     assert got == pytest.approx(chosen + rejected, abs=1e-4)
 
 
+def front_matter(card: str) -> dict:
+    head, sep, _ = card.removeprefix("---\n").partition("\n---\n")
+    assert card.startswith("---\n") and sep, "the card must open with YAML front matter"
+    return yaml.safe_load(head)
+
+
+def test_checkpoint_carries_its_calibration_and_a_model_card(tmp_path, tiny_reward_model):
+    from thinkrm import load_scorer
+
+    held_out = make_pairs(12, seed=21, start=900)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32, seed=20))
+    eval_pairs = write_jsonl(tmp_path / "eval.jsonl", held_out)
+    out = tmp_path / "rm"
+    report = train(fast_config(pairs, out, tiny_reward_model, eval_pairs=str(eval_pairs), eval_steps=4,
+                               keep_best=False))
+    cal = Calibration.from_dict(json.loads((out / SIDECAR).read_text())["calibration"])
+    assert cal == Calibration.from_dict(report.calibration)
+    assert cal == Calibration.from_dict(json.loads((out / REPORT).read_text())["calibration"])
+    assert (cal.n, cal.reference) == (12, "chosen sides of 12 held-out pairs")
+
+    with load_scorer(f"hf:{out}", device="cpu", dtype="float32") as scorer:
+        assert scorer.calibration == cal
+        chosen = [cal.apply(s) for s in scorer.score([(r["prompt"], r["chosen"]) for r in held_out])]
+        rejected = [cal.apply(s) for s in scorer.score([(r["prompt"], r["rejected"]) for r in held_out])]
+    # Measured on exactly these sides, as scoring encodes them: their median is the centre.
+    assert statistics.median(chosen) == pytest.approx(0.0, abs=1e-4)
+    assert statistics.median(rejected) < -1.0  # the trained model puts the worse sides well below them
+
+    card = (out / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
+    assert meta["tags"] == ["reward-model", "thinkrm"]
+    assert "base_model" not in meta  # a local base is no Hub id
+    assert 'prompt + "\\n" + reasoning' in card and "At most 256 tokens" in card
+    assert 'thinkrm.load_scorer("hf:' in card
+    assert f"| {cal.center:.6g} | {cal.scale:.6g} | 12 | chosen sides of 12 held-out pairs |" in card
+    assert f"| held-out pairs | 12 |\n| eval pairwise accuracy | {report.eval_accuracy:.3f} (step" in card
+    for framework in ("verl", "--reward.model_name_or_path", "vLLM", "SGLang", "--input-format chat"):
+        assert framework in card
+
+
+def test_too_few_reference_sides_leave_a_usable_uncalibrated_model(tmp_path, tiny_reward_model):
+    from thinkrm import load_scorer
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(3, seed=22))
+    report = train(fast_config(pairs, tmp_path / "rm", tiny_reward_model, max_steps=1))
+    assert report.calibration is None and "at least 4 reference scores" in report.calibration_skipped
+    assert json.loads((tmp_path / "rm" / SIDECAR).read_text())["calibration"] is None
+    assert "Not calibrated: a calibration needs at least 4" in (tmp_path / "rm" / "README.md").read_text()
+    assert load_scorer(f"hf:{tmp_path / 'rm'}", device="cpu").calibration is None
+
+
+def test_model_card_names_a_hub_base_and_a_missing_calibration():
+    from thinkrm.train import TrainReport, model_card
+
+    config = TrainConfig.from_preset("trm-8b", pairs="p.jsonl", output_dir="out")
+    report = TrainReport(output_dir="out", calibration_skipped="a calibration needs at least 4 reference scores")
+    card = model_card(config, report, "LlamaForSequenceClassification")
+    assert front_matter(card)["base_model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert "Not calibrated: a calibration needs at least 4 reference scores." in card
+    assert "| eval pairwise accuracy | n/a (no held-out pairs) |" in card
+
+
 def test_pad_token_is_added_when_base_has_none(tmp_path, tiny_reward_model_no_pad):
     assert AutoTokenizer.from_pretrained(tiny_reward_model_no_pad).pad_token is None
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8, seed=1))
@@ -265,11 +331,16 @@ def test_presets_follow_the_paper_and_explicit_values_win(monkeypatch):
     )
     assert (config.max_length, config.bf16, config.gradient_checkpointing) == (8192, True, True)
     assert config.learning_rate == 2e-6 and PRESETS["trm-8b"]["learning_rate"] == 1e-6
+    # TRL's RewardConfig turns checkpointing on by default; off must reach the trainer as off, on every
+    # transformers release (the argument was renamed in 5.23).
+    off = _reward_config(TrainConfig.from_preset("cpu-debug", output_dir="out"), has_eval=False)
+    assert off.gradient_checkpointing is False
     monkeypatch.setenv("WORLD_SIZE", "8")
     args = _reward_config(TrainConfig.from_preset("trm-8b", output_dir="out", bf16=False), has_eval=False)
     # 192 pairs per optimizer step however many GPUs run it
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 8 == 192
     assert args.center_rewards_coefficient == 0.001 and args.lr_scheduler_type == "cosine"
+    assert args.gradient_checkpointing is True
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig.from_preset("trm-70b")
 
@@ -362,8 +433,12 @@ def test_cli_trains_and_reports(tmp_path, tiny_reward_model):
     )
     assert result.exit_code == 0, result.output
     assert "trained 1 steps on 8 pairs" in result.output and "1 bad pairs skipped" in result.output
+    printed = " ".join(result.output.split())  # rich wraps long lines at the runner's 80 columns
+    assert "calibration: center" in printed and "(chosen sides of 8 training pairs (no eval set))" in printed
     sidecar = json.loads((tmp_path / "rm" / SIDECAR).read_text())
     assert sidecar["preset"] == "cpu-debug" and sidecar["max_length"] == 256
+    # No eval split: calibrated on the training pairs' chosen sides, and it says so.
+    assert sidecar["calibration"]["reference"] == "chosen sides of 8 training pairs (no eval set)"
 
 
 @pytest.mark.parametrize(
@@ -460,7 +535,11 @@ def test_two_process_launch_trains_once_and_saves_once(tmp_path, tiny_reward_mod
     report = json.loads((tmp_path / "rm" / REPORT).read_text())
     # 8 pairs per optimizer step = 4 per process x 2 processes, no accumulation
     assert report["steps"] == 2 * -(-report["pairs_used"] // 8)
-    assert json.loads((tmp_path / "rm" / SIDECAR).read_text())["max_length"] == 256
+    sidecar = json.loads((tmp_path / "rm" / SIDECAR).read_text())
+    assert sidecar["max_length"] == 256
+    # The main process calibrates the saved model while the other one waits for it at the end.
+    assert sidecar["calibration"]["n"] == report["eval_pairs"] == report["calibration"]["n"]
+    assert (tmp_path / "rm" / "README.md").is_file()
     AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
 
 

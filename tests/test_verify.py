@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thinkrm.verify import (
+    MAX_PARSE_CHARS,
+    MAX_PARSE_DIGITS,
     VerifyError,
     answer_classes,
     extract_answer,
     get_pool,
+    last_boxed,
     same_answer,
     verify,
     verify_batch,
@@ -85,13 +91,17 @@ def test_verify_batch_matches_verify_and_checks_lengths():
         verify_batch(responses[:3], golds[:2])
 
 
+# Passes the size caps (each number in it is small) yet is 100000000!: sympy takes seconds even with
+# math-verify's own 1 s alarms (it retries per parsed form), so only the hard deadline can cut it.
+SLOW = "\\boxed{\\prod_{k=1}^{100000000} k}"
+
+
 def test_pathological_item_is_killed_and_the_worker_replaced():
-    """100000000! against 4 takes sympy several seconds even with math-verify's own 1 s alarms (it retries
-    per parsed form); the hard deadline must cut it, count it, and the next items must still be checked."""
+    """The hard deadline must cut a stuck item, count it, and the next items must still be checked."""
     pool = get_pool(1)
     assert verify_batch(["\\boxed{1}"], ["1"], workers=1) == [True]  # the worker is up
     first = pool._procs[0]
-    responses = ["\\boxed{5}", "\\boxed{100000000!}", "\\boxed{7}", "\\boxed{8}"]
+    responses = ["\\boxed{5}", SLOW, "\\boxed{7}", "\\boxed{8}"]
     golds = ["5", "4", "7", "9"]
     start = time.monotonic()
     report = verify_batch_report(responses, golds, timeout=1.5, workers=1)
@@ -118,6 +128,135 @@ def test_answer_classes_group_by_value_not_string():
     assert same_answer(None, "3") is False
     assert same_answer("\\frac{6}{4}", "1.5") is True
     assert same_answer("2", "3") is False
+
+
+# ---- adversarial output: every check is bounded ----------------------------------------------------------
+
+MB = 1_000_000
+# name -> (response, the answer extracted from it)
+ADVERSARIAL = {
+    "unclosed boxes": ("<think>hmm</think> " + "\\boxed{" * (MB // 7), None),
+    "nested boxes": ("\\boxed{" * (MB // 14) + "}" * (MB // 14), None),  # the innermost box is empty
+    "brace soup in a box": ("\\boxed{" + "{}" * (MB // 2), None),
+    "open braces": ("{" * MB, None),
+    "newlines after 'answer is'": ("The answer is" + "\n" * MB, None),
+    "spaces after ####": ("####" + " " * MB + "18", "18"),
+    "trailing dots and spaces": ("\\boxed{7" + ". " * (MB // 2) + "}", "7"),
+    "1 MB answer": ("\\boxed{" + "1+" * (MB // 2) + "1}", "1+" * (MB // 2) + "1"),
+}
+
+
+def _last_boxed_reference(text: str) -> str | None:
+    """The plain scan, quadratic but plainly right: from every box forward to its closing brace."""
+    found = None
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found = text[m.end():i - 1]
+    return found
+
+
+BOX_PIECES = ["{", "}", "\\boxed{", "\\fbox {", "\\boxed", "\\{", "x", " ", "é", "\ud800"]
+ANSWER_PIECES = ["\\boxed{", "\\fbox{", "{", "}", "{}", "\n", " ", ".", "$", "**", "\\)", "####", "A:",
+                 "answer is", "The final answer is:", "x", "</think>", "<|end_of_thought|>"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(BOX_PIECES), max_size=40).map("".join))
+def test_last_boxed_agrees_with_the_plain_scan(text):
+    assert last_boxed(text) == _last_boxed_reference(text)
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_extraction_is_linear_on_adversarial_output(name):
+    response, expected = ADVERSARIAL[name]
+    extract_answer("\\boxed{1}")  # numpy's first import is not extraction
+    start = time.perf_counter()
+    assert extract_answer(response) == expected
+    assert time.perf_counter() - start < 2.0  # a few tenths; the quadratic scan took a minute at 56 KB
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(ANSWER_PIECES), min_size=1, max_size=12).map("".join))
+def test_extraction_stays_fast_on_any_repeated_pattern(unit):
+    text = unit * (300_000 // len(unit) + 1)
+    extract_answer("\\boxed{1}")
+    start = time.perf_counter()
+    extract_answer(text)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("answer", ["100000000!", "(10^{8})!", "10!!", "10^{10^{10}}", "9^{9^{9}}",
+                                    "e^{10^{10}}", "2^{2^{2^{2^{2^{2}}}}}", "(x+1)^{10^{6}}",
+                                    "1.5 \\cdot 10^{20000}"])
+def test_answers_too_large_to_compute_fail_closed(answer):
+    """sympy would compute these for minutes in C code; they are refused before any comparison (a timeout
+    would raise TimeoutError instead)."""
+    with pytest.raises(VerifyError, match=f"more than {MAX_PARSE_DIGITS} digits"):
+        verify(f"\\boxed{{{answer}}}", "4", strict=True)
+    with pytest.raises(VerifyError, match=f"more than {MAX_PARSE_DIGITS} digits"):
+        verify("\\boxed{4}", answer, strict=True)  # gold answers are read the same way
+
+
+@pytest.mark.parametrize("response, gold", [
+    ("\\boxed{10!}", "3628800"),
+    ("\\boxed{2^{2^{2^{2}}}}", "65536"),
+    ("\\boxed{\\binom{10}{3}}", "120"),
+    ("\\boxed{x^{100} + 1}", "1 + x^{100}"),
+    ("\\boxed{10^{9000}}", "10^{9000}"),
+    ("\\boxed{\\frac{1}{2^{50}}}", "2^{-50}"),
+    # Symbols are no huge numbers (Minerva's Planck-law answers once counted as such).
+    ("\\boxed{\\frac{1}{e^{h c /(\\lambda k T)}-1}}", "\\frac{1}{e^{hc/(\\lambda kT)} - 1}"),
+])
+def test_large_but_computable_answers_are_still_checked(response, gold):
+    assert verify(response, gold, strict=True) is True
+
+
+def test_overlong_answers_fail_closed():
+    long = "1+" * (MAX_PARSE_CHARS // 2) + "1"
+    with pytest.raises(VerifyError, match=f"longer than {MAX_PARSE_CHARS} characters"):
+        verify(f"\\boxed{{{long}}}", "4", strict=True)
+    assert verify(ADVERSARIAL["1 MB answer"][0], "4") is False
+
+
+@pytest.mark.slow
+def test_verify_on_the_main_thread_returns_within_its_timeout():
+    """math-verify's alarms covered neither extraction (20,000 unclosed boxes took minutes here) nor sympy's
+    C code; the whole check now runs under the pool's hard deadline."""
+    assert verify("\\boxed{1}", "1")  # a worker is up: its start is not part of any check's time
+    for response, timeout in [(ADVERSARIAL["unclosed boxes"][0], 5.0), (SLOW, 1.5)]:
+        start = time.monotonic()
+        assert verify(response, "4", timeout=timeout) is False
+        assert time.monotonic() - start < timeout + 1
+    with pytest.raises(TimeoutError):
+        verify(SLOW, "4", timeout=1.5, strict=True)
+
+
+@pytest.mark.slow
+def test_verify_batch_of_adversarial_outputs_returns_within_its_timeout():
+    assert verify_batch(["\\boxed{1}"] * 2, ["1"] * 2, workers=2) == [True, True]  # both workers are up
+    responses = [SLOW, ADVERSARIAL["unclosed boxes"][0], ADVERSARIAL["brace soup in a box"][0],
+                 ADVERSARIAL["1 MB answer"][0], "\\boxed{100000000!}", "\\boxed{10^{10^{10}}}", "\\boxed{4}"]
+    start = time.monotonic()
+    report = verify_batch_report(responses, ["4"] * len(responses), timeout=3.0, workers=2)
+    assert time.monotonic() - start < 3.0 + 1
+    assert report.results == [False] * 6 + [True]
+    assert report.timeouts == 1 and report.errors == 0  # only SLOW needed the deadline
+
+
+@pytest.mark.slow
+def test_grouping_is_bounded_and_keeps_huge_answers_apart():
+    overlong = "1+" * MAX_PARSE_CHARS + "1"
+    classes, failed = answer_classes([["4", "100000000!", "2+2", "10^{10^{10}}", "100000000!", overlong]],
+                                     timeout=2.0, workers=1)
+    assert failed == 0  # a list whose comparisons hang times out and falls back to string equality
+    assert classes == [[0, 1, 0, 2, 1, 3]]
+    start = time.monotonic()
+    assert same_answer(SLOW[len("\\boxed{"):-1], "4", timeout=1.5) is False  # on the main thread
+    assert time.monotonic() - start < 1.5 + 1
 
 
 @pytest.mark.slow

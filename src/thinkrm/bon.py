@@ -257,16 +257,18 @@ def evaluate_bon(problems: Sequence[_Problem], *, strategies: Sequence[str] = ST
 def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "lite", *,
               strategies: Sequence[str] = STRATEGIES, ns: Iterable[int] = DEFAULT_NS, repeats: int = 5,
               seed: int = 0, temperature: float | str = "auto", cache_dir: str | Path | None = None,
-              verify_timeout: float = 5.0, workers: int | None = None,
+              verify_timeout: float = 5.0, workers: int | None = None, verifier: Any = "math",
               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Best-of-N accuracy of `scorer` (a spec like "lite" or a `Scorer`) on a candidate pool.
 
-    Candidates without `correct` are verified against `gold`. With `cache_dir`, scores go to
+    Candidates without `correct` are verified against `gold` by `verifier` (a spec of
+    `thinkrm.verifiers.load_verifier`, "math" by default, or a `Verifier`). With `cache_dir`, scores go to
     `cache_dir/scores-<scorer>-<hash of the spec>.jsonl` and a rerun scores only what is missing. Returns a JSON-ready dict:
     accuracy per strategy and baseline per N, paired differences, and where the time went.
     """
     from .scoring import load_scorer
-    from .verify import answer_classes, extract_answer, verify_batch_report
+    from .verifiers import load_verifier
+    from .verify import answer_classes, extract_answer
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -284,6 +286,8 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
         raise ValueError("no candidates")
     timings: dict[str, Any] = {}
 
+    own_verifier = isinstance(verifier, str)
+    checker = load_verifier(verifier, timeout=verify_timeout, workers=workers)  # a bad spec fails at once
     own = isinstance(scorer, str)
     sc = load_scorer(scorer) if own else scorer  # first: a scorer that cannot load fails before any work
     spec = getattr(sc, "spec", "") or type(sc).__name__
@@ -292,18 +296,22 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
         # Correctness where the input does not give it.
         need = [i for i, c in enumerate(cands) if c.correct is None]
         if need:
-            report = verify_batch_report([cands[i].response for i in need], [cands[i].gold for i in need],
-                                         timeout=verify_timeout, workers=workers)
+            report = checker.verify_batch_report([cands[i].response for i in need],
+                                                 [cands[i].gold for i in need],
+                                                 [cands[i].prompt for i in need])
             for i, ok in zip(need, report.results):
                 cands[i].correct = bool(ok)
-            timings["verify"] = {"verified": len(need), "timeouts": report.timeouts,
-                                 "errors": report.errors, "seconds": round(report.seconds, 3)}
+            timings["verify"] = {"verifier": checker.spec, "verified": len(need), "timeouts": report.timeouts,
+                                 "errors": report.errors, "unparseable": report.unparseable,
+                                 "seconds": round(report.seconds, 3)}
         scores, timings["scoring"] = score_candidates(
             cands, sc, cache=cache,
             on_progress=None if on_progress is None else (lambda d, t: on_progress("scoring", d, t)))
     finally:
         if own:
             sc.close()
+        if own_verifier:
+            checker.close()
 
     # Answer classes for voting, one list per problem.
     order: dict[str, list[int]] = {}

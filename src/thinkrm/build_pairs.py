@@ -3,8 +3,9 @@
 `thinkrm build-pairs problems.jsonl -o pairs.jsonl` runs five stages:
 
 1. **generate** `n` traces per problem from each generator endpoint;
-2. **verify** each final answer against the gold answer with `thinkrm.verify` (worker processes, hard
-   per-item timeout), keeping only correct traces;
+2. **verify** each final answer against the gold answer with the configured verifier (`thinkrm.verifiers`;
+   the default, math, runs math-verify in worker processes with a hard per-item timeout), keeping only
+   correct traces;
 3. **pair**: at most `k` pairs per problem among its correct traces, cross-generator pairs first, with both
    lengths recorded; the choice is a pure function of the verified traces and `seed`, so a rerun picks the
    same pairs;
@@ -35,6 +36,7 @@ from .io import InputError, ResumableJsonl, iter_records, write_json, write_json
 from .judge import JudgeConfig, PairInput, judge_many, summarize
 from .llm import LLMClient, LLMConfig, Usage, gather_limited
 from .trace import PROMPT_FIELDS, split_response
+from .verifiers import MathVerifier, Verifier, load_verifier
 
 GOLD_FIELDS = ("gold", "answer", "solution")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -74,8 +76,9 @@ class BuildConfig:
     max_tokens: int = 4096
     k: int = 4  # pairs per problem, at most
     seed: int = 0
-    verify_timeout: float = 5.0  # seconds per item, wall clock
+    verify_timeout: float = 5.0  # seconds per item, wall clock (llm verifier: per request)
     verify_workers: int | None = None
+    verifier: str = "math"  # math, choice or llm:URL[,URL...] (thinkrm.verifiers)
     work_dir: str | None = None  # default: <output>.work
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
@@ -87,8 +90,12 @@ class BuildConfig:
             raise ValueError("generator names must be distinct (use NAME=MODEL@URL)")
         if self.n < 1 or self.k < 1:
             raise ValueError("n and k must be >= 1")
+        self.make_verifier()  # a bad spec fails before any generation
         self.judge.validate()
         return gens
+
+    def make_verifier(self) -> Verifier:
+        return load_verifier(self.verifier, timeout=self.verify_timeout, workers=self.verify_workers)
 
 
 @dataclass
@@ -203,26 +210,33 @@ class Builder:
                 await c.__aexit__(None, None, None)
 
     def verify(self, traces: list[dict[str, Any]], store: ResumableJsonl) -> None:
-        from .verify import extract_answer, verify_batch_report
+        with self.cfg.make_verifier() as checker:
+            self._verify_with(checker, traces, store)
+
+    def _verify_with(self, checker: Verifier, traces: list[dict[str, Any]], store: ResumableJsonl) -> None:
+        from .verify import extract_answer
 
         gold = {p.id: p.gold for p in self.problems}
+        prompt = {p.id: p.prompt for p in self.problems}
         todo = [t for t in traces if t["id"] not in store]
-        # A gold answer math-verify cannot read would silently mark every trace wrong: check each against
-        # itself (in the pool, like the traces) and say so.
         pids = sorted({t["problem_id"] for t in todo})
-        check = verify_batch_report([f"\\boxed{{{gold[p]}}}" for p in pids], [gold[p] for p in pids],
-                                    timeout=self.cfg.verify_timeout, workers=self.cfg.verify_workers)
-        for pid, ok in zip(pids, check.results):
-            if not ok:
-                self.notes.append(f"problem {pid!r}: math-verify cannot read the gold answer {gold[pid]!r}; "
-                                  "its traces count as wrong")
+        if isinstance(checker, MathVerifier):
+            # A gold answer math-verify cannot read would silently mark every trace wrong: check each against
+            # itself (in the pool, like the traces) and say so.
+            check = checker.verify_batch_report([f"\\boxed{{{gold[p]}}}" for p in pids],
+                                                [gold[p] for p in pids])
+            for pid, ok in zip(pids, check.results):
+                if not ok:
+                    self.notes.append(f"problem {pid!r}: math-verify cannot read the gold answer "
+                                      f"{gold[pid]!r}; its traces count as wrong")
         done = len(traces) - len(todo)
         self.progress("verify", done, len(traces))
         chunk = 64  # each chunk is stored before the next starts, so a kill loses at most one chunk of work
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
-            report = verify_batch_report([t["response"] for t in part], [gold[t["problem_id"]] for t in part],
-                                         timeout=self.cfg.verify_timeout, workers=self.cfg.verify_workers)
+            report = checker.verify_batch_report([t["response"] for t in part],
+                                                 [gold[t["problem_id"]] for t in part],
+                                                 [prompt[t["problem_id"]] for t in part])
             recs = []
             for t, ok in zip(part, report.results):
                 answer = extract_answer(t["response"])
@@ -231,9 +245,10 @@ class Builder:
                     rec["note"] = "no final answer found after the reasoning"
                 recs.append(rec)
             store.add_many(recs)
-            if report.timeouts or report.errors:
-                self.notes.append(f"verify: {report.timeouts} items timed out after {self.cfg.verify_timeout}s "
-                                  f"and {report.errors} failed; counted as wrong")
+            if report.failed:
+                self.notes.append(f"verify: {report.timeouts} items timed out after "
+                                  f"{self.cfg.verify_timeout}s, {report.errors} failed and {report.unparseable} "
+                                  "got no verdict; counted as wrong")
             done += len(part)
             self.progress("verify", done, len(traces))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,6 +49,10 @@ class Encoder:
             if bar:
                 hf_logging.enable_progress_bar()
         self.device = device
+        # One encoder serves the whole process, and frameworks score from many threads at once (OpenRLHF
+        # calls reward functions in worker threads): a fast tokenizer whose truncation settings change under
+        # a concurrent call fails with "Already borrowed", so calls take turns.
+        self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int = MAX_TOKENS) -> np.ndarray:
         """Embeddings of shape (len(texts), 384). Sorted by length internally so padding stays small.
@@ -59,7 +64,7 @@ class Encoder:
         if not texts:
             return out
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,

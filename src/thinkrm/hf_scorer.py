@@ -13,7 +13,8 @@ details decide whether scores are right, and all three are handled here rather t
   the checkpoint's `thinkrm.json` sidecar (input format, max length) when it has one.
 
 Items are sorted by length before batching, so a batch wastes little on padding, and scores are returned in
-input order.
+input order. A local checkpoint's calibration (the sidecar's `calibration`, see `thinkrm.calibration`) is
+`scorer.calibration`, so gated rewards over it are calibrated without being told.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .calibration import read_calibration
 from .formatting import DEFAULT_MAX_LENGTH, InputConfig, InputEncoder, Item
 from .scoring import Scorer
 
@@ -72,6 +74,8 @@ class HFScorer(Scorer):
         if arg.startswith(("/", ".", "~")) and not local.is_dir():
             raise ValueError(f"cannot load hf:{arg}: no such directory")
         sidecar = InputConfig.load(local) if local.is_dir() else None
+        # A checkpoint `thinkrm train` wrote records where its raw scores sit on correct traces.
+        self.calibration = read_calibration(local) if local.is_dir() else None
         arg = str(local) if local.is_dir() else arg
         try:
             config = AutoConfig.from_pretrained(arg)
@@ -132,11 +136,15 @@ class HFScorer(Scorer):
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
         encoded = self.encoder.encode_batch(items)
         self.truncated += sum(e.truncated for e in encoded)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids), reverse=True)
-        scores = [0.0] * len(encoded)
+        return self.score_encoded([e.input_ids for e in encoded])
+
+    def score_encoded(self, inputs: Sequence[list[int]]) -> list[float]:
+        """Scores of already-encoded inputs (e.g. the token ids a model was trained on), in input order."""
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
+        scores = [0.0] * len(inputs)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            for i, s in zip(chunk, self.score_ids([encoded[i].input_ids for i in chunk])):
+            for i, s in zip(chunk, self.score_ids([inputs[i] for i in chunk])):
                 scores[i] = s
         return scores
 

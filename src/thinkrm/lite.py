@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .calibration import Calibration, fit_calibration
 from .formatting import Item
 from .io import InputError
 from .scoring import Scorer
@@ -417,10 +418,12 @@ def _tensors(f: Features):
 class LiteModel:
     """Config + network; `score_features` is the only place the network runs."""
 
-    def __init__(self, config: LiteConfig, net: Any, meta: dict[str, Any] | None = None):
+    def __init__(self, config: LiteConfig, net: Any, meta: dict[str, Any] | None = None,
+                 calibration: Calibration | None = None):
         self.config = config
         self.net = net.eval()
         self.meta = meta or {}
+        self.calibration = calibration
 
     @classmethod
     def new(cls, config: LiteConfig, seed: int) -> LiteModel:
@@ -440,6 +443,7 @@ class LiteModel:
         try:
             raw = json.loads(cfg_file.read_text(encoding="utf-8"))
             config = LiteConfig(**raw["config"])
+            calibration = Calibration.from_dict(raw["calibration"]) if raw.get("calibration") else None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise InputError(f"not a TRM-lite config ({e})", file=cfg_file) from None
         net = _build_net(config, glob_width(config))
@@ -447,7 +451,7 @@ class LiteModel:
             net.load_state_dict(load_file(str(weights)))
         except RuntimeError as e:
             raise InputError(f"weights do not match the config: {str(e).splitlines()[0]}", file=weights) from None
-        return cls(config, net, raw.get("meta", {}))
+        return cls(config, net, raw.get("meta", {}), calibration)
 
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save
@@ -458,7 +462,10 @@ class LiteModel:
         path.mkdir(parents=True, exist_ok=True)
         with atomic_write(path / WEIGHTS_FILE, "wb") as f:
             f.write(save({k: v.contiguous() for k, v in self.net.state_dict().items()}))
-        write_json(path / CONFIG_FILE, {"config": asdict(self.config), "meta": self.meta})
+        cfg: dict[str, Any] = {"config": asdict(self.config), "meta": self.meta}
+        if self.calibration is not None:
+            cfg["calibration"] = self.calibration.to_dict()
+        write_json(path / CONFIG_FILE, cfg)
 
     def score_features(self, f: Features) -> np.ndarray:
         import torch
@@ -485,6 +492,7 @@ class LiteScorer(Scorer):
             self.model.config.max_segments = max_segments
         self.embedder = Embedder(cache_dir)
         self.batch_size = batch_size
+        self.calibration = self.model.calibration
         get_encoder()  # load the backbone now, so the first score call is not the slow one
 
     @classmethod
@@ -492,6 +500,7 @@ class LiteScorer(Scorer):
         """A scorer around an in-memory model (training evaluates before anything is saved)."""
         self = cls.__new__(cls)
         self.spec, self.model, self.embedder, self.batch_size = "lite", model, embedder, batch_size
+        self.calibration = model.calibration
         return self
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
@@ -517,6 +526,13 @@ OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trac
 # (docs/trm-lite.md, round 5).
 PERTURB_MAX_SEGMENTS = 16
 VERIFIED_PAIRS_PER_PROBLEM = 4  # (correct, incorrect) candidate pairs per training problem
+# The calibration reference set: correct candidates of the training problems of the pools whose traces look
+# like what RL shapes (multi-model, multi-paragraph competition math). GSM8K's one-line solutions score
+# higher; mixing the two levels inflated the scale by half and shrank the reward spread on held-out MATH-500
+# (IQR 0.031 vs 0.05 wanted, docs/bon-and-rl.md). A few per problem, so easy problems (many correct
+# candidates) do not set the centre alone.
+CALIBRATION_POOLS = ("skythought-math500",)
+CALIBRATION_PER_PROBLEM = 2
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -752,6 +768,77 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("THINKRM_LITE_CACHE", Path(tempfile.gettempdir()) / "thinkrm-lite-cache"))
 
 
+def calibration_items(shared_dir: str | os.PathLike, split: dict[str, Any], seed: int = 0) -> list[Item]:
+    """The calibration reference set: up to `CALIBRATION_PER_PROBLEM` correct candidates of every *training*
+    problem of the `CALIBRATION_POOLS` (the held-out half stays unseen, for the RL-reward benchmark)."""
+    from .bon import load_candidates
+
+    rng = random.Random(seed)
+    items: list[Item] = []
+    for name in CALIBRATION_POOLS:
+        rel = POOLS[name]
+        held = set(split.get(f"{name}_test_problem_ids", ()))
+        by_problem: dict[str, list[Candidate]] = {}
+        for c in load_candidates(Path(shared_dir) / rel):
+            if c.correct and c.problem_id not in held and c.reasoning.strip():
+                by_problem.setdefault(c.problem_id, []).append(c)
+        for pid in sorted(by_problem):
+            chosen = rng.sample(by_problem[pid], min(CALIBRATION_PER_PROBLEM, len(by_problem[pid])))
+            items += [Item(c.prompt, c.reasoning) for c in chosen]
+    return items
+
+
+def calibrate_lite(scorer: Scorer, shared_dir: str | os.PathLike, split: dict[str, Any],
+                   seed: int = 0) -> Calibration:
+    """Centre and scale of `scorer` on correct traces of the training problems (`calibration_items`)."""
+    items = calibration_items(shared_dir, split, seed)
+    return fit_calibration(scorer.score(items), reference=(
+        f"correct candidates of the training problems of {', '.join(CALIBRATION_POOLS)} "
+        f"(up to {CALIBRATION_PER_PROBLEM} per problem, seed {seed})"))
+
+
+def calibrate_checkpoint(path: str | os.PathLike, shared_dir: str | os.PathLike, seed: int = 0) -> Calibration:
+    """(Re)measure a saved TRM-lite checkpoint's calibration and record it in its config and model card;
+    the weights are not touched. `train_lite` does the same for the model it has just trained."""
+    path = Path(path)
+    model = LiteModel.load(path)
+    split = json.loads((path / "split.json").read_text(encoding="utf-8"))
+    model.calibration = calibrate_lite(LiteScorer.from_model(model, Embedder(default_cache_dir())), shared_dir,
+                                       split, seed)
+    model.save(path)
+    _write_card_section(path / "MODEL_CARD.md", CALIBRATION_BEGIN, CALIBRATION_END,
+                        calibration_markdown(model.calibration))
+    return model.calibration
+
+
+def calibration_markdown(cal: Calibration | None) -> str:
+    if cal is None:
+        return "Not calibrated: the gated RL reward needs `normalize='group'` or a calibration given by hand."
+    from .rewards import sigmoid
+
+    return "\n".join([
+        f"centre {cal.center:.4f}, scale {cal.scale:.4f} (median and IQR / 1.349 of the raw scores of {cal.n} "
+        f"{cal.reference}).", "",
+        "The gated RL reward (`thinkrm.rewards`, `normalize='calibrated'`) reads `(score - centre) / scale`: a "
+        "median correct trace gets sigmoid 0.5, the quartiles "
+        f"{sigmoid(-0.6745):.2f} / {sigmoid(0.6745):.2f}, so the thinking term moves within the alpha span "
+        "instead of saturating at 1 (raw scores sit far above 0)."])
+
+
+def _write_card_section(card: Path, begin: str, end: str, body: str) -> None:
+    """Replace the text between two markers of a model card (append the section when it has none)."""
+    from .io import atomic_write
+
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## Calibration\n\n{block}\n"
+    with atomic_write(card) as f:
+        f.write(text)
+
+
 def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir: str | None, seed: int = 0, *,
                config: LiteConfig | None = None, cache_dir: str | os.PathLike | None = None, epochs: int = 40,
                show_progress: bool = True) -> dict[str, Any]:
@@ -779,6 +866,8 @@ def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     results = evaluate(model, embedder, data)
+    if shared_dir is not None:
+        model.calibration = calibrate_lite(LiteScorer.from_model(model, embedder), shared_dir, data.split, seed)
     model.meta = {"seed": seed, "epochs": epochs, "train_pairs": len(data.train),
                   "train_pairs_by_source": _count(p.extra["source"] for p in data.train),
                   "final_loss": losses[-1], "data_sha256": data.hashes, "results": results}
@@ -884,10 +973,14 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         "## Results on held-out problems", "",
     ]
     lines += results_markdown(meta.get("results", {}))
+    lines += ["## Calibration", "", CALIBRATION_BEGIN, calibration_markdown(model.calibration), CALIBRATION_END,
+              ""]
     lines += ["## Speed", "", SPEED_BEGIN, "Not measured yet: run `python benchmarks/bench_lite.py --write-card`.",
               SPEED_END, ""]
     return "\n".join(lines)
 
 
+CALIBRATION_BEGIN = "<!-- calibration:begin -->"
+CALIBRATION_END = "<!-- calibration:end -->"
 SPEED_BEGIN = "<!-- speed:begin -->"
 SPEED_END = "<!-- speed:end -->"

@@ -1,19 +1,28 @@
 """The gated thinking reward as an OpenRLHF custom reward file.
 
-OpenRLHF imports a Python file given as the remote reward URL and calls its `reward_func`:
+OpenRLHF (0.11) imports the Python file given as the remote reward URL as a standalone module named
+`reward_func` (no package, so this file imports thinkrm absolutely) and calls its `reward_func`:
 
     python -m openrlhf.cli.train_ppo_ray ... \
         --reward.remote_url $(python -c 'import thinkrm.openrlhf_reward as m; print(m.__file__)') \
-        --data.label_key answer        # older releases: --remote_rm_url FILE --label_key answer
+        --data.label_key answer
 
-It calls `reward_func(queries, prompts, labels, **kwargs)` with `queries` = prompt + response (the prompt as
-formatted for the policy), `prompts` the formatted prompts and `labels` the ground-truth column, and
-expects a dict: `rewards` (tensor, used for advantages), `scores` (tensor in [0, 1], used by dynamic
-filtering: here r_v) and `extra_logs` (dict of tensors logged to wandb/TensorBoard: r_v and r_t).
+It calls `reward_func(queries, prompts, labels)` for one sample at a time, from worker threads: `queries` =
+the prompt and response tokens decoded with their special tokens, `prompts` the chat-templated prompt and
+`labels` the ground-truth column. It expects a dict: `rewards` (tensor, used for advantages), `scores`
+(tensor, used by dynamic filtering: here r_v, the 0/1 correctness) and `extra_logs` (tensors logged to
+wandb/TensorBoard: r_v, r_t and the normalised r_t).
 
-The scorer and alpha come from $THINKRM_SCORER (default "lite"; e.g. "thinkrm:http://rm-host:8000" for a
-shared `thinkrm serve`) and $THINKRM_ALPHA (default 0.2), since OpenRLHF passes no options to this file.
-Alternatively point OpenRLHF at `thinkrm serve`'s `/get_reward` route, which computes the same reward.
+The TRM reads the problem (the last user turn of the templated prompt) and the reasoning, as it was trained.
+Options come from the environment, since OpenRLHF passes none to this file: $THINKRM_SCORER (default "lite";
+e.g. "thinkrm:http://rm-host:8000" for a shared `thinkrm serve`), $THINKRM_ALPHA (0.2), $THINKRM_NORMALIZE
+("calibrated": a sample arrives alone, so there is no group to standardise over), $THINKRM_CALIBRATION,
+$THINKRM_VERIFIER ("math") and $THINKRM_VERIFY_TIMEOUT (5 s; raise it for an `llm:` verifier).
+Alternatively point OpenRLHF at `thinkrm serve`'s `/get_reward` route.
+
+OpenRLHF logs an exception inside `reward_func` at INFO level and carries on without a reward, so a bad
+option would surface far from its cause. When OpenRLHF loads this file (as the module `reward_func`), the
+options are therefore checked and the scorer loaded right away, failing the executor's construction instead.
 """
 
 from __future__ import annotations
@@ -22,28 +31,48 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .rewards import shared_reward
+from thinkrm.rewards import (
+    ThinkingReward,
+    per_sample_normalize,
+    problem_from_chat,
+    recover_response,
+    shared_reward,
+)
 
 
-def _response(query: str, prompt: str) -> str:
-    # queries are the prompt followed by the response; a prompt that is not a prefix (e.g. re-tokenised
-    # whitespace) leaves the query whole, and the verifier still reads only the final answer.
-    return query[len(prompt):] if query.startswith(prompt) else query
+def _reward() -> ThinkingReward:
+    env = os.environ.get
+    return shared_reward(
+        env("THINKRM_SCORER") or "lite", float(env("THINKRM_ALPHA") or 0.2), score_all=True,
+        normalize=per_sample_normalize(env("THINKRM_NORMALIZE") or "calibrated"),
+        calibration=env("THINKRM_CALIBRATION") or None, verifier=env("THINKRM_VERIFIER") or "math",
+        timeout=float(env("THINKRM_VERIFY_TIMEOUT") or 5.0))
 
 
 def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any],
                 **kwargs: Any) -> dict[str, Any]:
     import torch
 
-    scorer = os.environ.get("THINKRM_SCORER") or "lite"
-    alpha = float(os.environ.get("THINKRM_ALPHA", "0.2"))
     if not len(queries) == len(prompts) == len(labels):
         raise ValueError(f"batch sizes differ: {len(queries)} queries, {len(prompts)} prompts, "
                          f"{len(labels)} labels")
-    reward = shared_reward(scorer, alpha, score_all=True)
-    batch = reward.compute(list(prompts), [_response(q, p) for q, p in zip(queries, prompts)],
+    reward = _reward()
+    responses = []
+    for i, (query, prompt) in enumerate(zip(queries, prompts)):
+        try:
+            responses.append(recover_response(query, prompt))
+        except ValueError as e:
+            raise ValueError(f"sample {i}: {e}") from None
+    batch = reward.compute([problem_from_chat(p) for p in prompts], responses,
                            [None if label is None else str(label) for label in labels])
     rewards = torch.tensor([0.0 if r is None else r for r in batch.rewards], dtype=torch.float32)
     r_v = torch.tensor([0.0 if v is None else v for v in batch.r_v], dtype=torch.float32)
     r_t = torch.tensor([float("nan") if t is None else t for t in batch.r_t], dtype=torch.float32)
-    return {"rewards": rewards, "scores": r_v, "extra_logs": {"r_v": r_v, "r_t": r_t}}
+    z = torch.tensor([float("nan") if t is None else t for t in batch.z], dtype=torch.float32)
+    return {"rewards": rewards, "scores": r_v, "extra_logs": {"r_v": r_v, "r_t": r_t, "r_t_normalized": z}}
+
+
+if __name__ == "reward_func":  # loaded by OpenRLHF's executor: fail now on a bad option, not per sample
+    _checked = _reward()
+    _checked.scorer, _checked.verifier  # noqa: B018 (loading them is the check)
+    _checked.resolved_normalize()

@@ -1,10 +1,14 @@
 """Scorers that call a reward model served elsewhere: SGLang, vLLM, OpenRLHF, and thinkrm's own server.
 
 All four share `RemoteScorer`: items are sent in chunks (`batch_size` per request, `concurrency` requests in
-flight), connection failures and 429/5xx answers are retried with exponential backoff (honouring a numeric
-`Retry-After`), and every unexpected answer becomes one clear error naming the URL, the HTTP status and the
-start of the body. A read timeout is not retried: the server may still be working on the request, and
-sending it again would only pile up load. Protocols differ only in `_payload` and `_parse`.
+flight) to an `EndpointPool` (`thinkrm.endpoints`). The URL may be several, comma-separated
+(`vllm:http://h1:8000,http://h2:8000,h3:8000`): chunks are spread over the replicas; one that fails to
+connect, drops connections or answers 429/5xx is taken out for a cooldown (honouring a numeric
+`Retry-After`) while its chunks go to the others, and a request waits, with exponential backoff, only when
+every replica is out. With one URL that is plain retrying. Every unexpected answer becomes one clear error
+naming the URL, the HTTP status and the start of the body. A read timeout is not retried: the server may
+still be working on the request, and sending it again would only pile up load. Each chunk's scores come
+from exactly one answer. Protocols differ only in `_payload` and `_parse`.
 
 What each server is sent, by protocol:
 
@@ -23,40 +27,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .endpoints import EndpointPool, ServerResponseError
 from .formatting import Item, format_input
 from .scoring import Scorer
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 30.0
-
-
-class ServerResponseError(ValueError):
-    """The server answered, but not with what the protocol promises."""
-
-    def __init__(self, url: str, problem: str, *, status: int | None = None, body: str | bytes = b""):
-        if isinstance(body, bytes):
-            body = body.decode("utf-8", "replace")
-        snippet = " ".join(body.split())[:200]
-        self.url, self.status, self.problem, self.snippet = url, status, problem, snippet
-        head = f"{url}" + (f" answered HTTP {status}" if status is not None else "")
-        super().__init__(f"{head}: {problem}" + (f"; body: {snippet!r}" if snippet else ""))
-
-
-def _base_url(arg: str, kind: str) -> str:
-    if not arg:
-        raise ValueError(f"{kind} scorer needs a server URL: {kind}:http://HOST:PORT")
-    url = arg if "://" in arg else "http://" + arg
-    return url.rstrip("/")
-
 
 class RemoteScorer(Scorer):
-    """Shared transport: chunking, bounded concurrency, retries with backoff, timeouts, checked answers."""
+    """Shared transport: chunking, bounded concurrency, failover across replicas, retries with backoff,
+    timeouts, checked answers. Picklable: the copy opens its own connections."""
 
     endpoint = ""
     kind = ""
@@ -64,21 +46,35 @@ class RemoteScorer(Scorer):
     def __init__(self, arg: str, *, batch_size: int = 32, concurrency: int = 4, timeout: float = 120.0,
                  connect_timeout: float = 10.0, retries: int = 4, backoff: float = 0.5,
                  api_key: str | None = None, model: str | None = None, **_: Any):
-        import httpx
-
-        if batch_size < 1 or concurrency < 1 or retries < 0:
-            raise ValueError("batch_size and concurrency must be >= 1 and retries >= 0")
-        self.base_url = _base_url(arg, self.kind)
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be >= 1")
+        if not arg.strip():
+            raise ValueError(f"{self.kind} scorer needs a server URL: {self.kind}:http://HOST:PORT "
+                             "(several replicas: comma-separated)")
+        self.pool = EndpointPool(arg, headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+                                 timeout=timeout, connect_timeout=connect_timeout, retries=retries,
+                                 backoff=backoff, max_connections=concurrency)
+        self.base_urls = list(self.pool.urls)
+        self.base_url = self.base_urls[0]  # the first replica; where one URL is expected (messages, health)
         self.url = self.base_url + self.endpoint
         self.batch_size, self.concurrency = batch_size, concurrency
-        self.retries, self.backoff, self.timeout = retries, backoff, timeout
         self.model = model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=connect_timeout), headers=headers,
-                                    limits=httpx.Limits(max_connections=concurrency))
-        self._httpx = httpx
-        self._lock = threading.Lock()
-        self.requests_sent = 0  # attempts, retries included; tests and logs read it
+
+    @property
+    def requests_sent(self) -> int:
+        """Attempts, retries included; tests and logs read it."""
+        return self.pool.requests_sent
+
+    # `thinkrm.client.Client.health` sends its GET through these.
+    @property
+    def _client(self) -> Any:
+        return self.pool.client
+
+    @property
+    def _httpx(self) -> Any:
+        import httpx
+
+        return httpx
 
     def _payload(self, items: list[Item]) -> dict[str, Any]:
         raise NotImplementedError
@@ -88,48 +84,11 @@ class RemoteScorer(Scorer):
         raise NotImplementedError
 
     def _post(self, payload: dict[str, Any]) -> Any:
-        """POST with retries; returns the decoded JSON body."""
-        httpx = self._httpx
-        attempt = -1
-        while True:
-            attempt += 1
-            last = attempt == self.retries
-            with self._lock:
-                self.requests_sent += 1
-            try:
-                resp = self._client.post(self.url, json=payload)
-            # RemoteProtocolError: the server dropped a kept-alive connection (it restarted); safe to resend.
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
-                if last:
-                    raise ConnectionError(
-                        f"cannot reach {self.url} after {attempt + 1} attempts: {e}") from None
-                time.sleep(self.backoff * 2 ** attempt)
-                continue
-            except httpx.TimeoutException:
-                raise TimeoutError(f"{self.url} did not answer within {self.timeout:g}s "
-                                   "(raise the scorer's timeout option for slow servers)") from None
-            if resp.status_code in RETRY_STATUSES and not last:
-                time.sleep(self._delay(resp, attempt))
-                continue
-            if resp.status_code != 200:
-                raise ServerResponseError(self.url, "unexpected status" + (
-                    f" after {attempt + 1} attempts" if resp.status_code in RETRY_STATUSES else ""),
-                    status=resp.status_code, body=resp.content)
-            try:
-                return resp.json()
-            except ValueError:
-                raise ServerResponseError(self.url, "answer is not valid JSON", status=200,
-                                          body=resp.content) from None
-
-    def _delay(self, resp: Any, attempt: int) -> float:
-        retry_after = resp.headers.get("retry-after", "")
-        try:
-            return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
-        except ValueError:
-            return self.backoff * 2 ** attempt
+        """POST to whichever replica is up; returns the decoded JSON body."""
+        return self.pool.post_json(self.endpoint, payload)[1]
 
     def _score_chunk(self, items: list[Item]) -> list[float]:
-        body = self._post(self._payload(items))
+        url, body = self.pool.post_json(self.endpoint, self._payload(items))
         try:
             values = self._parse(body, len(items))
             if len(values) != len(items):
@@ -138,7 +97,7 @@ class RemoteScorer(Scorer):
         except (ValueError, KeyError, TypeError, IndexError) as e:
             problem = str(e) if isinstance(e, ValueError) else \
                 f"unexpected answer shape ({type(e).__name__}: {e})"
-            raise ServerResponseError(self.url, problem, status=200, body=json.dumps(body)) from None
+            raise ServerResponseError(url, problem, status=200, body=json.dumps(body)) from None
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
         items = [Item(*it) for it in items]
@@ -149,7 +108,7 @@ class RemoteScorer(Scorer):
             return [s for chunk_scores in pool.map(self._score_chunk, chunks) for s in chunk_scores]
 
     def close(self) -> None:
-        self._client.close()
+        self.pool.close()
 
 
 def _finite(value: Any, i: int) -> float:

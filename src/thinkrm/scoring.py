@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from .calibration import Calibration, parse_calibration
 from .formatting import Item
 
 # spec prefix -> "module:factory"; each factory takes (argument_after_colon, **options).
@@ -36,6 +37,9 @@ class Scorer(ABC):
     # Inputs cut by the truncation policy so far (thinkrm.formatting); backends that tokenize locally count
     # them so reports can say how many scores saw a shortened trace.
     truncated: int = 0
+    # Centre and scale of this model's raw scores on correct traces (thinkrm.calibration), where known: what
+    # the gated RL reward needs to turn a raw score into a sigmoid that moves. None = not calibrated.
+    calibration: Calibration | None = None
 
     @abstractmethod
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
@@ -75,8 +79,15 @@ class RandomScorer(Scorer):
 
 
 def load_scorer(spec: str | Scorer, **options: Any) -> Scorer:
-    """Build a scorer from a spec string (see module docstring); a `Scorer` instance passes through."""
+    """Build a scorer from a spec string (see module docstring); a `Scorer` instance passes through.
+
+    `calibration=` (CENTER,SCALE, a dict, or a checkpoint path that records one) overrides or supplies the
+    scorer's calibration, for models served elsewhere whose checkpoint thinkrm cannot read.
+    """
+    calibration = parse_calibration(options.pop("calibration", None))
     if isinstance(spec, Scorer):
+        if calibration is not None:
+            spec.calibration = calibration
         return spec
     name, _, arg = spec.partition(":")
     if name not in BACKENDS:
@@ -92,4 +103,6 @@ def load_scorer(spec: str | Scorer, **options: Any) -> Scorer:
         raise
     scorer = getattr(mod, factory)(arg, **options)
     scorer.spec = spec
+    if calibration is not None:
+        scorer.calibration = calibration
     return scorer

@@ -29,6 +29,7 @@ import hmac
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -39,10 +40,12 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from .calibration import parse_calibration
 from .formatting import Item
-from .rewards import gated, sigmoid
+from .rewards import NORMALIZE, gated_batch, group_keys, problem_from_chat, sigmoid
+from .rewards import recover_response as _recover_response
 from .scoring import Scorer, load_scorer
 from .trace import split_response
 
@@ -64,7 +67,24 @@ class ServeConfig:
     max_items: int = 512  # items (or queries / inputs) per request
     max_chars: int = 200_000  # characters per prompt, response or input string
     alpha: float = 0.2  # gated-reward weight of the TRM score on /get_reward with labels
+    verifier: str = "math"  # answer checker of /get_reward with labels (a thinkrm.verifiers spec)
+    # How /get_reward normalises the TRM score before the sigmoid (thinkrm.rewards): "auto" is the scorer's
+    # calibration when it has one, else the queries of one request that share a prompt.
+    normalize: str = "auto"
+    calibration: str | None = None  # CENTER,SCALE or a checkpoint path; overrides the scorer's own
     graceful_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
+    # Hostile or broken clients (docs/serving.md, "Slow, oversized and hostile clients"). Connections and
+    # their timeouts are enforced below the app, in the HTTP protocol; the queues in front of each kind of
+    # work answer 503 with Retry-After when full, so one kind cannot starve another.
+    max_header_bytes: int = 64 * 1024  # request line + headers; more gets 431 and the connection closed
+    header_timeout_s: float = 10.0  # from connect (or a request's first byte) to its last header byte; 408
+    body_timeout_s: float = 60.0  # to receive a whole request body; 408
+    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1024  # open connections; at the cap the longest-idle one makes room, else 503
+    score_queue_items: int = 16_384  # items waiting for the scorer
+    verify_queue: int = 256  # /get_reward requests with labels being verified or waiting to be
+    analysis_queue: int = 8  # /score requests with analysis being analysed or waiting to be
+    analysis_workers: int = 1  # processes for the ME² analysis of /score
     log_level: str = "warning"
 
     def __post_init__(self) -> None:
@@ -74,18 +94,34 @@ class ServeConfig:
                   "max_body_bytes": self.max_body_bytes >= 1, "max_items": self.max_items >= 1,
                   "max_chars": self.max_chars >= 1, "graceful_timeout_s": self.graceful_timeout_s >= 0,
                   "alpha": 0.0 <= self.alpha <= 1.0, "port": 0 <= self.port <= 65535}
+        checks["normalize"] = self.normalize in NORMALIZE
+        checks["max_header_bytes"] = self.max_header_bytes >= 1024  # below that, ordinary clients fail
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            checks[name] = getattr(self, name) > 0
+        for name in ("max_connections", "score_queue_items", "verify_queue", "analysis_queue",
+                     "analysis_workers"):
+            checks[name] = getattr(self, name) >= 1
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid --{name.replace('_', '-')}: {getattr(self, name)!r}")
+        parse_calibration(self.calibration)
+        from .verifiers import load_verifier
+
+        load_verifier(self.verifier)  # a bad spec fails here, before any model loads (it connects lazily)
 
 
 class RequestProblem(Exception):
     """A client error found while reading a request: becomes `status` with `{"detail": message}`."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # a 503 from a full queue says when to come back
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -138,6 +174,13 @@ class Metrics:
         self.scorer_errors = 0
         self.queue_depth = 0
         self.in_flight = 0
+        self.open_connections = 0
+        self.closed_connections: dict[str, int] = {}  # closed by the server for a limit, by reason
+        self.queued: dict[str, int] = {}  # requests queued or running, by kind of work
+        self.rejected: dict[str, int] = {}  # requests turned away (503) because that queue was full
+
+    def count(self, counter: dict[str, int], key: str, n: int = 1) -> None:
+        counter[key] = counter.get(key, 0) + n
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
@@ -165,7 +208,20 @@ class Metrics:
                 f"thinkrm_queue_depth {self.queue_depth}",
                 "# HELP thinkrm_in_flight_requests Requests being served.",
                 "# TYPE thinkrm_in_flight_requests gauge",
-                f"thinkrm_in_flight_requests {self.in_flight}"]
+                f"thinkrm_in_flight_requests {self.in_flight}",
+                "# HELP thinkrm_open_connections Open client connections.",
+                "# TYPE thinkrm_open_connections gauge",
+                f"thinkrm_open_connections {self.open_connections}",
+                "# HELP thinkrm_connections_closed_total Connections the server closed for a limit, by reason.",
+                "# TYPE thinkrm_connections_closed_total counter"]
+        out += [f'thinkrm_connections_closed_total{{reason="{r}"}} {n}'
+                for r, n in sorted(self.closed_connections.items())]
+        out += ["# HELP thinkrm_work_queued Requests queued or running, by kind of work.",
+                "# TYPE thinkrm_work_queued gauge"]
+        out += [f'thinkrm_work_queued{{kind="{k}"}} {n}' for k, n in sorted(self.queued.items())]
+        out += ["# HELP thinkrm_work_rejected_total Requests answered 503 because their queue was full.",
+                "# TYPE thinkrm_work_rejected_total counter"]
+        out += [f'thinkrm_work_rejected_total{{kind="{k}"}} {n}' for k, n in sorted(self.rejected.items())]
         return "\n".join(out) + "\n"
 
 
@@ -188,15 +244,19 @@ class MicroBatcher:
     holds `max_batch_size` items (a single larger request is scored alone, whole). While one batch is being
     scored, new requests queue up, so under load batches fill without any waiting. All scoring happens in
     one worker thread: models are not thread-safe, and the event loop must stay free to accept requests.
-    If a merged call fails, each request is retried alone, so one poisonous input fails only its sender.
+    If a merged call fails, its requests are retried in halves down to single requests, so one poisonous
+    input fails only its sender. Text the scorer may choke on (lone surrogates, NUL) is refused before it
+    gets here, so in practice a failure is the model's, not a client's.
     """
 
     def __init__(self, score: Callable[[list[Item]], list[float]], metrics: Metrics, *, max_batch_size: int,
-                 max_wait_ms: float):
+                 max_wait_ms: float, max_queue_items: int = 16_384):
         self._score = score
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
+        self.max_queue_items = max_queue_items
+        self._trim = _HeapTrimmer()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="thinkrm-scorer")
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
@@ -221,6 +281,13 @@ class MicroBatcher:
     async def score(self, items: list[Item]) -> list[float]:
         if not items:
             return []
+        # Beyond the bound a client learns at once to back off, instead of waiting minutes in a queue that
+        # only grows (a request alone is always taken, however large: --max-items bounds it).
+        if self._metrics.queue_depth and self._metrics.queue_depth + len(items) > self.max_queue_items:
+            self._metrics.count(self._metrics.rejected, "score")
+            raise RequestProblem(503, f"the scorer's queue is full ({self._metrics.queue_depth} items waiting, "
+                                      f"limit {self.max_queue_items}, --score-queue-items): retry later",
+                                 retry_after=1)
         pending = _Pending(items, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._metrics.queue_depth += len(items)
@@ -266,8 +333,11 @@ class MicroBatcher:
             if len(batch) == 1:
                 _settle(batch[0].future, exc=e)
                 return
-            for pending in batch:
-                await self._score_batch(loop, [pending])
+            # Halves, not one call per request: one poisonous request among n costs ~2 log2(n) calls, and
+            # the other requests are still scored in batches.
+            half = len(batch) // 2
+            await self._score_batch(loop, batch[:half])
+            await self._score_batch(loop, batch[half:])
             return
         self._metrics.batch_sizes.observe(len(items))
         self._metrics.items_scored += len(items)
@@ -281,12 +351,101 @@ class MicroBatcher:
             scores = [float(s) for s in self._score(items)]
         except Exception as e:
             raise ScoringError(f"scorer failed: {type(e).__name__}: {e}") from e
+        finally:
+            self._trim.maybe()
         if len(scores) != len(items):
             raise ScoringError(f"scorer returned {len(scores)} scores for {len(items)} items")
         bad = next((i for i, s in enumerate(scores) if not math.isfinite(s)), None)
         if bad is not None:
             raise ScoringError(f"scorer returned a non-finite score ({scores[bad]}) for an item")
         return scores
+
+
+class _HeapTrimmer:
+    """Hands the C heap's free pages back to the OS (glibc `malloc_trim`), at most once per `every` seconds.
+
+    A model scorer allocates activations of a different shape for every batch; glibc keeps what is freed in
+    its heap, raising its mmap threshold as large blocks come and go, so the heap fragments and RSS climbs
+    round after round under mixed traffic (TRM-lite: +50 MiB over four rounds of varied batches in process,
+    flat with a trim after each call; docs/serving.md). A trim costs ~1 ms on that heap, so once a second
+    is noise. Elsewhere than glibc it does nothing.
+    """
+
+    def __init__(self, every: float = 1.0):
+        self.every = every
+        self._last = 0.0
+        self._trim = _malloc_trim()
+
+    def maybe(self) -> None:
+        now = time.monotonic()
+        if self._trim is not None and now - self._last >= self.every:
+            self._last = now
+            self._trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return None
+
+
+class WorkQueue:
+    """One kind of work besides scoring (answer verification, ME² analysis): own workers, bounded queue.
+
+    At most `concurrency` jobs run at once and at most `capacity` requests are queued or running; beyond
+    that a request is answered 503 with Retry-After at once rather than waiting behind work it cannot
+    overtake. Each kind has its own executor, made on first use, so a flood or a stuck job of one kind never
+    holds the threads another kind needs, and CPU-bound Python (analysis) runs in processes, where it cannot
+    hold the event loop's GIL.
+    """
+
+    def __init__(self, kind: str, make_executor: Callable[[], Any], metrics: Metrics, *, concurrency: int,
+                 capacity: int, flag: str):
+        self.kind = kind
+        self.capacity = capacity
+        self.flag = flag
+        self._make_executor = make_executor
+        self._executor: Any = None
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(concurrency)  # FIFO: waiting requests start in arrival order
+        metrics.queued[kind] = 0
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Admit the job now (or raise the 503) and return an awaitable of its result.
+
+        Admission is synchronous so that a caller can refuse a request before starting its other work.
+        """
+        metrics = self._metrics
+        if metrics.queued[self.kind] >= self.capacity:
+            metrics.count(metrics.rejected, self.kind)
+            raise RequestProblem(503, f"the {self.kind} queue is full ({self.capacity} requests queued or "
+                                      f"running, --{self.flag}): retry later", retry_after=1)
+        metrics.queued[self.kind] += 1
+        return self._run(fn, args)
+
+    async def _run(self, fn: Callable[..., Any], args: tuple) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            async with self._slots:
+                if self._executor is None:
+                    self._executor = self._make_executor()
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+                except BrokenProcessPool:  # a worker died (killed, out of memory): the next job gets a new pool
+                    broken, self._executor = self._executor, None
+                    broken.shutdown(wait=False)
+                    raise ScoringError(f"{self.kind} worker process died; retry the request") from None
+        finally:
+            self._metrics.queued[self.kind] -= 1
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, exc: BaseException | None = None) -> None:
@@ -310,19 +469,12 @@ def split_formatted(text: str) -> Item:
 
 
 def recover_response(query: str, prompt: str, index: int) -> str:
-    """The response part of an OpenRLHF `query`, which is the prompt as the policy rendered it + response.
-
-    The prompt is usually a prefix; a tokenizer round trip may prepend a BOS token or strip padding, so the
-    prompt is also searched for. A query that does not contain its prompt is an error rather than a guess,
-    because a reward for the wrong span silently corrupts training.
-    """
-    if query.startswith(prompt):
-        return query[len(prompt):]
-    at = query.find(prompt)
-    if at < 0:
+    """The response part of an OpenRLHF `query` (`thinkrm.rewards.recover_response`), or a 422."""
+    try:
+        return _recover_response(query, prompt)
+    except ValueError:
         raise RequestProblem(422, f"query[{index}] does not contain prompts[{index}], so the response cannot "
-                                  "be recovered; send the prompt exactly as it appears in the query")
-    return query[at + len(prompt):]
+                                  "be recovered; send the prompt exactly as it appears in the query") from None
 
 
 class _Limits:
@@ -343,7 +495,21 @@ class _Limits:
         if len(value) > self.max_chars:
             raise RequestProblem(422, f"{where} has {len(value)} characters, more than the limit of "
                                       f"{self.max_chars} (--max-chars)")
+        return check_text(value, where)
+
+
+# JSON can carry what UTF-8 cannot: "\ud800" decodes to a lone surrogate, which tokenizers refuse (the scorer
+# then fails for every request merged with it), and NUL ends strings in C libraries.
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_text(value: str, where: str) -> str:
+    """`value`, or a 422 naming `where` and the first character no scorer or verifier can take."""
+    bad = _BAD_CHAR.search(value)
+    if bad is None:
         return value
+    what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate (invalid Unicode)"
+    raise RequestProblem(422, f"{where} contains {what}, U+{ord(bad.group()):04X} at character {bad.start()}")
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -375,7 +541,8 @@ class EmbeddingsResponse(BaseModel):
 class ClassifyRequest(Body):
     model: str | None = None
     input: str | list[str] = Field(description='Formatted text(s), `prompt + "\\n" + reasoning`.')
-    use_activation: bool | None = Field(None, description="true: sigmoid(score); otherwise the raw score.")
+    # Strict: pydantic would read "yes", "off" or 0 as booleans, and a typo must not change what is returned.
+    use_activation: StrictBool | None = Field(None, description="true: sigmoid(score); otherwise the raw score.")
 
 class ClassifyData(BaseModel):
     index: int
@@ -407,7 +574,7 @@ class ScoreItem(Body):
 
 class ScoreRequest(Body):
     items: list[ScoreItem]
-    analysis: bool = Field(False, description="Also return the ME² signals of each trace.")
+    analysis: StrictBool = Field(False, description="Also return the ME² signals of each trace.")
 
 class ScoreResponse(BaseModel):
     scores: list[float]
@@ -428,37 +595,54 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
 
+    from .verifiers import load_verifier
+
     config = config or ServeConfig()
+    verifier = load_verifier(config.verifier)
     owns_scorer = isinstance(scorer, str)  # a caller's Scorer instance stays open for the caller to close
     scorer = load_scorer(scorer) if owns_scorer else scorer
     model_name = config.model_name or getattr(scorer, "spec", "") or type(scorer).__name__
+    calibration = parse_calibration(config.calibration) or getattr(scorer, "calibration", None)
+    normalize = config.normalize
+    if normalize == "auto":
+        normalize = "calibrated" if calibration is not None else "group"
+    if normalize == "calibrated" and calibration is None:
+        raise ValueError(f"--normalize calibrated, but scorer {model_name!r} has no calibration: pass "
+                         "--calibration CENTER,SCALE (measure it with `thinkrm calibrate`)")
     metrics = Metrics(config.max_batch_size)
-    batcher_box: dict[str, MicroBatcher] = {}
+    work: dict[str, Any] = {}  # made in the server's event loop (lifespan), used by the handlers
     limits = _Limits(config)
 
     async def score_items(items: list[Item]) -> list[float]:
-        return await batcher_box["batcher"].score(items)
-
-    async def run_in_worker(fn: Callable[..., Any], *args: Any) -> Any:
-        """CPU work besides scoring (verification, analysis) also leaves the event loop free."""
-        return await asyncio.to_thread(fn, *args)
+        return await work["score"].score(items)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = MicroBatcher(scorer.score, metrics, max_batch_size=config.max_batch_size,
-                               max_wait_ms=config.max_wait_ms)
+                               max_wait_ms=config.max_wait_ms, max_queue_items=config.score_queue_items)
         batcher.start()
-        batcher_box["batcher"] = batcher
+        work["score"] = batcher
+        # Verification waits on worker processes (math) or remote servers (llm), so threads suffice; the
+        # math pool checks one batch at a time, the others overlap.
+        work["verify"] = WorkQueue("verify", lambda: ThreadPoolExecutor(VERIFY_THREADS, "thinkrm-verify"),
+                                   metrics, concurrency=VERIFY_THREADS, capacity=config.verify_queue,
+                                   flag="verify-queue")
+        work["analysis"] = WorkQueue("analysis", lambda: _process_pool(config.analysis_workers), metrics,
+                                     concurrency=config.analysis_workers, capacity=config.analysis_queue,
+                                     flag="analysis-queue")
         try:
             yield
         finally:
             await batcher.stop()
+            work["verify"].close()
+            work["analysis"].close()
+            verifier.close()
             if owns_scorer:
                 scorer.close()
 
     # Documented so clients and schemathesis know them; 500 is a scorer failure, named in `detail`.
     errors: dict[int | str, dict[str, Any]] = {status: {"model": Problem}
-                                               for status in (400, 401, 413, 422, 500, 503)}
+                                               for status in (400, 401, 408, 413, 422, 500, 503)}
     app = FastAPI(title="thinkrm scoring server", version=_version(), lifespan=lifespan,
                   strict_content_type=False, responses=errors,
                   description="Scores reasoning traces with a thinking reward model. See docs/serving.md.")
@@ -470,7 +654,7 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
 
     @app.exception_handler(RequestProblem)
     async def _problem(request: Request, exc: RequestProblem):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -524,17 +708,27 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
                 prompt = limits.text(prompts[i], f"prompts[{i}]", allow_empty=True)
                 # A newline right after the prompt is the separator `format_input` puts there, not reasoning.
                 response = recover_response(query, prompt, i).removeprefix("\n")
+                # OpenRLHF sends the chat-templated prompt; the TRM was trained on the problem itself.
+                prompt = problem_from_chat(prompt)
             items.append(Item(prompt, split_response(response)[0]))
             responses.append(response)
         if body.labels is None:
             r_t = await score_items(items)
             return GetRewardResponse(rewards=r_t, scores=r_t, extra_logs={"r_t": r_t})
-        golds = ["" if g is None else str(g) for g in body.labels]
-        # Verification runs in its own processes, so it overlaps with scoring instead of following it.
-        r_t, r_v = await asyncio.gather(score_items(items), run_in_worker(_verify_batch, responses, golds))
-        rewards = [gated(v, t, alpha=config.alpha) for v, t in zip(r_v, r_t)]
-        # `scores` drives OpenRLHF's dynamic filtering, which expects the 0/1 correctness.
-        return GetRewardResponse(rewards=rewards, scores=r_v, extra_logs={"r_v": r_v, "r_t": r_t})
+        golds = [check_text(g, f"labels[{i}]") if isinstance(g, str) else "" if g is None else str(g)
+                 for i, g in enumerate(body.labels)]
+        problems = [it.prompt for it in items]
+        # Verification runs in its own queue and threads (math in its own processes), overlapping with
+        # scoring; a full queue refuses the request before any scoring starts.
+        verdicts = work["verify"].submit(verifier.verify_batch, responses, golds, problems)
+        r_t, r_v = await asyncio.gather(score_items(items), verdicts)
+        r_v = [float(v) for v in r_v]
+        rewards, z = gated_batch(r_v, r_t, config.alpha, normalize=normalize, calibration=calibration,
+                                 groups=group_keys(body.prompts or problems))
+        # `scores` drives OpenRLHF's dynamic filtering, which expects the 0/1 correctness. z is 0 where it
+        # takes no part (a wrong answer under group normalisation): its reward is 0 whatever z would be.
+        return GetRewardResponse(rewards=rewards, scores=r_v, extra_logs={
+            "r_v": r_v, "r_t": r_t, "r_t_normalized": [0.0 if x is None else x for x in z]})
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, tags=["thinkrm"])
     async def score(body: ScoreRequest):
@@ -545,10 +739,11 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
             limits.text(it.prompt, f"items[{i}].prompt", allow_empty=True)
             reasoning = split_response(limits.text(it.response, f"items[{i}].response"))[0]
             items.append(Item(it.prompt, reasoning))
-        scores = await score_items(items)
         if not body.analysis:
-            return ScoreResponse(scores=scores)
-        analyses = await run_in_worker(_analyze_all, items)
+            return ScoreResponse(scores=await score_items(items))
+        # Admitted before scoring, so a full analysis queue costs the client no scorer time.
+        analyses = work["analysis"].submit(_analyze_all, items)
+        scores, analyses = await asyncio.gather(score_items(items), analyses)
         return ScoreResponse(scores=scores, analyses=analyses)
 
     @app.get("/health", tags=["ops"])
@@ -597,10 +792,17 @@ def _is_branch_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"str", "float", "int", "none", "bool"})
 
 
-def _verify_batch(responses: list[str], golds: list[str]) -> list[float]:
-    from .verify import verify_batch
+VERIFY_THREADS = 4
 
-    return [float(v) for v in verify_batch(responses, golds)]
+
+def _process_pool(workers: int) -> Any:
+    """Processes for the ME² analysis. Spawned, not forked: a fork would copy the server's threads (uvicorn,
+    the scorer's torch pool) mid-flight. Like any spawn pool, a script that starts the server must do so
+    under `if __name__ == "__main__":` (the `thinkrm serve` command does)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _analyze_all(items: list[Item]) -> list[dict[str, Any]]:
@@ -676,25 +878,93 @@ class _Guard:
             raise RequestProblem(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} "
                                       "bytes (--max-body-bytes)")
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestProblem(413, f"request body exceeds the limit of {limit} bytes "
-                                          "(--max-body-bytes)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            # A client that trickles its body would otherwise hold a connection and an in-flight slot forever.
+            async with asyncio.timeout(self.config.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestProblem(413, f"request body exceeds the limit of {limit} bytes "
+                                                  "(--max-body-bytes)")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestProblem(408, f"request body not received within {self.config.body_timeout_s:g} s "
+                                      f"({size} bytes came; --body-timeout-s)") from None
         body = b"".join(chunks)
+        if not body:
+            return body
+        kind = (_header(scope, b"content-type") or "application/json").partition(";")[0].strip().lower()
+        if not (kind == "application/json" or kind.startswith("application/") and kind.endswith("+json")):
+            raise RequestProblem(422, f"request body has content-type {kind!r}; every route takes JSON: send "
+                                      "'Content-Type: application/json'")
+        if _too_deep(body):
+            raise RequestProblem(422, f"request body nests JSON more than {MAX_JSON_DEPTH} levels deep; no "
+                                      "route takes more than 3")
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RequestProblem(400, f"request body is not valid UTF-8 ({e.reason} at byte {e.start})"
-                                 ) from None
+            raise _not_utf8(body, e) from None
         return body
+
+
+MAX_JSON_DEPTH = 64  # Python's json parser raises RecursionError near 1,000 levels; no body needs more than 3
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether the JSON in `body` nests deeper than MAX_JSON_DEPTH, decided on the bytes before parsing.
+
+    Strings are cut out (brackets inside them are text), then innermost bracket pairs are peeled off one
+    level per pass. Most bodies have too few brackets to be deep at all and skip all of it.
+    """
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    for _ in range(MAX_JSON_DEPTH):
+        peeled = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if not peeled or peeled == brackets:  # shallow enough, or malformed (the JSON parser names that)
+            return False
+        brackets = peeled
+    return True
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what the surrogateescape error handler turns bad bytes into
+
+
+def _not_utf8(body: bytes, error: UnicodeDecodeError) -> RequestProblem:
+    """A 422 naming the JSON field that holds the first invalid byte, or the byte offset alone if the body
+    does not parse as JSON around it."""
+    try:
+        where = _find_string(json.loads(body.decode("utf-8", "surrogateescape")), _ESCAPED_BYTE.search)
+    except (ValueError, RecursionError):
+        where = None
+    return RequestProblem(422, f"{where or 'request body'} is not valid UTF-8 (byte 0x{body[error.start]:02x} at "
+                               f"byte {error.start} of the body: {error.reason}); send UTF-8 text")
+
+
+def _find_string(doc: Any, bad: Callable[[str], Any], path: str = "") -> str | None:
+    """The path (`items[0].response`) of the first string, key or value, in `doc` for which `bad` holds."""
+    if isinstance(doc, str):
+        return path if bad(doc) else None
+    if isinstance(doc, dict):
+        children = []
+        for key, value in doc.items():
+            child = f"{path}.{key}" if path else str(key)
+            if bad(key):
+                return f"a key in {path}" if path else "a key"
+            children.append((child, value))
+    elif isinstance(doc, list):
+        children = [(f"{path}[{i}]", value) for i, value in enumerate(doc)]
+    else:
+        return None
+    return next((found for child, value in children if (found := _find_string(value, bad, child))), None)
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -726,6 +996,14 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return replay
 
 
+def _problem_app(status: int, message: str) -> Callable:
+    """An ASGI app that answers every request with `status` and closes the connection."""
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        await _send_problem(send, status, message, draining=False)
+
+    return app
+
+
 async def _send_problem(send: Callable, status: int, message: str, *, draining: bool) -> None:
     payload = json.dumps({"detail": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
@@ -733,6 +1011,8 @@ async def _send_problem(send: Callable, status: int, message: str, *, draining: 
         headers.append((b"www-authenticate", b"Bearer"))
     if draining:
         headers += [(b"connection", b"close"), (b"retry-after", b"1")]
+    elif status in (408, 413, 431):  # the rest of the request may still be on its way: the connection is spent
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -762,15 +1042,166 @@ def make_server(app: Any, config: ServeConfig):
         async def on_tick(self, counter: int) -> bool:
             if app.state.draining and self.drain_deadline is None:  # drained by hand (app.state.drain())
                 self.drain_deadline = time.monotonic() + config.graceful_timeout_s
-            if self.drain_deadline is not None and (app.metrics.in_flight == 0
-                                                    or time.monotonic() > self.drain_deadline):
+            # Open keep-alive connections are waited for too: a client may reuse one at any moment and must
+            # get the 503 (with Connection: close) rather than a reset. Idle ones close after
+            # --keep-alive-timeout-s, so this costs at most that long.
+            if self.drain_deadline is not None and (
+                    (app.metrics.in_flight == 0 and not self.server_state.connections)
+                    or time.monotonic() > self.drain_deadline):
                 self.should_exit = True
             return await super().on_tick(counter)
 
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                timeout_graceful_shutdown=max(config.graceful_timeout_s, 0.1),
+                               timeout_keep_alive=config.keep_alive_timeout_s,  # type: ignore[arg-type]
+                               http=_guarded_protocol(config, app.metrics, _connection_cap(config)),
                                access_log=False, lifespan="on")
     return DrainingServer(uv_config)
+
+
+def _connection_cap(config: ServeConfig) -> int:
+    """--max-connections, kept below the process's file-descriptor limit (raised toward it if allowed).
+
+    Past that limit accept() fails and every client, not just the newest, is refused; the model, the
+    verifier's pipes and the listening socket need descriptors too, hence the reserve.
+    """
+    reserve = 128
+    try:
+        import resource
+    except ImportError:  # not on POSIX: no such limit to respect
+        return config.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = config.max_connections + reserve
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return config.max_connections if soft == resource.RLIM_INFINITY else max(1, min(config.max_connections,
+                                                                                    soft - reserve))
+
+
+def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: int) -> type:
+    """uvicorn's httptools protocol with the limits it lacks, for `uvicorn.Config(http=...)`.
+
+    httptools buffers a header of any size (a 256 MiB one was accepted) and uvicorn's keep-alive timer only
+    starts after a first response, so a client that connects and trickles its headers holds a connection
+    forever. Here: a request head larger than --max-header-bytes gets 431, one not complete within
+    --header-timeout-s of the connection (or of its first byte) gets 408, and both close the connection.
+    At --max-connections a new connection closes the one idle the longest (between requests or still
+    sending its head: the slow clients), so ordinary clients keep getting in; with none idle it gets 503.
+    h11 has a header limit of its own but serves ~4x fewer requests per second here (docs/serving.md).
+    """
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    limit, head_timeout = config.max_header_bytes, config.header_timeout_s
+
+    class GuardedProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.idle_since = time.monotonic()  # between requests (or before the first) since then
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._in_head = False  # the request line or headers are being received
+            self._head_started_here = False  # ... and that began in the chunk being parsed
+            self._head_bytes = 0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            metrics.open_connections += 1
+            # The set still holds connections closed in this loop iteration; only open ones count.
+            if len(self.connections) > max_connections and sum(
+                    not c.transport.is_closing() for c in self.connections) > max_connections \
+                    and not self._make_room():
+                self._refuse(503, f"the server has {max_connections} open connections, all busy "
+                                  "(--max-connections): retry later", "connection_limit")
+                return
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            metrics.open_connections -= 1
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def is_idle(self) -> bool:
+            return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+        def _make_room(self) -> bool:
+            idle = [c for c in self.connections
+                    if c is not self and isinstance(c, GuardedProtocol) and c.is_idle()
+                    and not c.transport.is_closing()]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            metrics.count(metrics.closed_connections, "idle_evicted")
+            oldest.transport.close()
+            return True
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self._in_head:
+                self._refuse(408, f"request headers not received within {head_timeout:g} s "
+                                  "(--header-timeout-s)", "header_timeout")
+            else:  # connected and sent nothing: as uvicorn closes an idle keep-alive connection
+                metrics.count(metrics.closed_connections, "header_timeout")
+                self.transport.close()
+
+        def _refuse(self, status: int, message: str, reason: str) -> None:
+            metrics.count(metrics.closed_connections, reason)
+            body = json.dumps({"detail": message}).encode()
+            self.transport.write(STATUS_LINE[status] + b"content-type: application/json\r\ncontent-length: "
+                                 + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            counting, self._head_started_here = self._in_head, False
+            super().data_received(data)
+            # Bytes of a head that began in this chunk are not counted (the chunk may end another request's
+            # body): the running count errs low by one read at most, and on_headers_complete is exact.
+            if self._in_head and counting and not self._head_started_here:
+                self._head_bytes += len(data)
+                if self._head_bytes > limit and not self.transport.is_closing():
+                    self._refuse(431, f"request headers exceed {limit} bytes (--max-header-bytes)",
+                                 "header_too_large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._head_started_here, self._head_bytes = True, True, 0
+            self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm_head_timer()
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size <= limit:
+                super().on_headers_complete()
+                return
+            metrics.count(metrics.closed_connections, "header_too_large")
+            # This one request is answered by a 431 app instead of ours, then the connection closes.
+            app, self.app = self.app, _problem_app(431, f"request headers of {size} bytes exceed the limit "
+                                                        f"of {limit} bytes (--max-header-bytes)")
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+
+        def on_response_complete(self) -> None:
+            self.idle_since = time.monotonic()
+            super().on_response_complete()
+
+    return GuardedProtocol
 
 
 def bind(config: ServeConfig) -> tuple[socket.socket, str]:

@@ -71,8 +71,13 @@ def split_response(response: str) -> tuple[str, str]:
 
 
 def trace_from_record(rec: dict[str, Any], *, default_id: str, source: str | None = None,
-                      file: str | None = None, line: int | None = None) -> Trace:
-    """Build a `Trace` from one input record, or raise `InputError` naming the field."""
+                      file: str | None = None, line: int | None = None,
+                      require_reasoning: bool = False) -> Trace:
+    """Build a `Trace` from one input record, or raise `InputError` naming the field.
+
+    `require_reasoning` makes an empty (or all-space) reasoning an error: a score of no text means nothing,
+    and `thinkrm serve` refuses it too; analysis takes it (an empty DAG).
+    """
 
     def text_field(name: str) -> str:
         v = rec[name]
@@ -96,6 +101,10 @@ def trace_from_record(rec: dict[str, Any], *, default_id: str, source: str | Non
         reasoning, answer = split_response(response)
     else:
         raise InputError("missing trace (a 'reasoning' or 'response' field)", file=file, line=line)
+    if require_reasoning and not reasoning.strip():
+        given = "reasoning" if "reasoning" in rec else "response"
+        raise InputError("empty reasoning" if given == "reasoning" else "empty reasoning (nothing before the "
+                         "end-of-thinking marker)", file=file, line=line, field=given)
     rid = rec.get("id", default_id)
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise InputError(f"expected a string or integer, got {type(rid).__name__}", file=file, line=line,
@@ -107,19 +116,42 @@ def trace_from_record(rec: dict[str, Any], *, default_id: str, source: str | Non
 
 
 def load_traces(path: str | os.PathLike, *, skip_bad: bool = False,
-                on_bad: Callable[[InputError], None] | None = None) -> Iterator[Trace]:
+                on_bad: Callable[[InputError], None] | None = None, unique_ids: bool = False,
+                allow_empty: bool = True) -> Iterator[Trace]:
     """Stream traces from a JSONL file or a JSON list.
 
     A malformed row raises `InputError` (file, line, problem) unless `skip_bad` is set, in which case it is
     passed to `on_bad` (if given) and skipped. Rows without an `id` get their line number as id.
+    `unique_ids` makes a repeated id an error of the later row (naming the earlier line); `allow_empty=False`
+    makes a file without rows an error.
     """
-    for line, rec in iter_records(path):
+    for trace, _ in read_traces(path, skip_bad=skip_bad, on_bad=on_bad, unique_ids=unique_ids,
+                                allow_empty=allow_empty):
+        yield trace
+
+
+def read_traces(path: str | os.PathLike, *, skip_bad: bool = False,
+                on_bad: Callable[[InputError], None] | None = None, unique_ids: bool = False,
+                allow_empty: bool = True, require_reasoning: bool = False
+                ) -> Iterator[tuple[Trace, dict[str, Any]]]:
+    """`load_traces`, each trace with the record it came from (for commands that write the row back out with
+    its fields as given); `require_reasoning` as in `trace_from_record`."""
+    first_line: dict[str, int] = {}
+    for line, rec in iter_records(path, allow_empty=allow_empty):
         try:
             if isinstance(rec, InputError):
                 raise rec
-            yield trace_from_record(rec, default_id=str(line), source=f"{path}:{line}", file=str(path), line=line)
+            trace = trace_from_record(rec, default_id=str(line), source=f"{path}:{line}", file=str(path),
+                                      line=line, require_reasoning=require_reasoning)
+            if unique_ids:
+                if trace.id in first_line:
+                    raise InputError(f"duplicate id {trace.id!r} (first on line {first_line[trace.id]})",
+                                     file=path, line=line, field="id")
+                first_line[trace.id] = line
         except InputError as e:
             if not skip_bad:
                 raise
             if on_bad is not None:
                 on_bad(e)
+            continue
+        yield trace, rec

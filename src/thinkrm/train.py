@@ -12,7 +12,10 @@ the trained model score the way thinkrm will later use it:
   token, so padding with EOS would hide a trailing EOS);
 * the output is one plain one-label sequence-classification checkpoint (LoRA merged in) that transformers,
   vLLM (`--runner pooling`) and SGLang (`--is-embedding`) load unchanged, plus a `thinkrm.json` sidecar
-  recording the input mode, written last so its presence means the checkpoint is complete.
+  recording the input mode, written last so its presence means the checkpoint is complete;
+* the saved model's raw scores on reference chosen sides give it a calibration (`thinkrm.calibration`, kept in
+  the sidecar), because a Bradley-Terry score's level is arbitrary and the gated RL reward needs one; a
+  README.md model card states the input format, the calibration and the evaluation.
 
 Multi-GPU: run this module under accelerate, e.g.
 `accelerate launch --config_file configs/accelerate/ddp.yaml -m thinkrm.train pairs.jsonl --base hf:M -o DIR`.
@@ -23,19 +26,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .calibration import Calibration, fit_calibration
 from .formatting import DEFAULT_MAX_LENGTH, INPUT_FORMATS, SIDECAR, InputConfig, InputEncoder
 from .io import InputError, atomic_write, write_json
 from .pairs import Pair, load_pairs
 
 REPORT = "train_report.json"
 CHECKPOINTS = "checkpoints"
+CARD = "README.md"
+# Chosen sides scored for the calibration: a median and quartiles of 256 scores are stable to about a tenth of
+# their spread, and scoring them costs seconds after any run.
+CALIBRATION_SIDES = 256
 # Added only when the base tokenizer has no pad token of its own (Llama-3.1 has none).
 PAD_TOKEN = "<|thinkrm_pad|>"
 
@@ -141,6 +150,8 @@ class TrainReport:
     train_seconds: float = 0.0
     tokens_per_second: float = 0.0
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    calibration_skipped: str | None = None
 
     @property
     def bad_total(self) -> int:
@@ -191,6 +202,26 @@ def _split_by_prompt(enc: _Encoded, fraction: float, seed: int) -> tuple[list[di
         h = int.from_bytes(hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()[:8], "big") / 2**64
         (held if h < fraction else train).append(row)
     return train, held
+
+
+@dataclass
+class _Reference:
+    """The chosen sides a calibration is measured on (their token ids) and what they are."""
+
+    ids: list[list[int]]
+    what: str
+
+
+def _calibration_reference(train_rows: list[dict], eval_rows: list[dict], seed: int) -> _Reference:
+    """Chosen sides of the held-out pairs, else of the training pairs: traces judged the better of their pair,
+    where the gated reward's sigmoid should be centred. Held-out ones come first because the model has fitted
+    the training ones. A seeded sample when there are more than CALIBRATION_SIDES."""
+    rows, where = (eval_rows, "held-out pairs") if eval_rows else (train_rows, "training pairs (no eval set)")
+    picked = rows
+    if len(rows) > CALIBRATION_SIDES:
+        picked = random.Random(seed).sample(rows, CALIBRATION_SIDES)
+    of = f"{len(picked)} of {len(rows)}" if len(picked) < len(rows) else str(len(rows))
+    return _Reference([r["chosen_ids"] for r in picked], f"chosen sides of {of} {where}")
 
 
 def _read_pairs(path: str, report: TrainReport, note_bad) -> list[Pair]:
@@ -272,6 +303,20 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def checkpointing_option(enabled: bool) -> dict[str, bool]:
+    """The activation-checkpointing argument of `RewardConfig` under the name this transformers knows.
+
+    transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name stays as
+    an alias that warns); earlier releases know only the old one. Always pass it: TRL defaults it to on.
+    """
+    from trl import RewardConfig
+
+    name = "activation_checkpointing"
+    if name not in {f.name for f in fields(RewardConfig)}:
+        name = "gradient_checkpointing"
+    return {name: enabled}
+
+
 def _reward_config(config: TrainConfig, has_eval: bool):
     import torch
     from trl import RewardConfig
@@ -291,7 +336,7 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         lr_scheduler_type=config.lr_scheduler, weight_decay=config.weight_decay,
         warmup_steps=config.warmup_ratio,  # transformers reads a value below 1 as a ratio
         center_rewards_coefficient=config.center_rewards_coefficient,
-        bf16=config.bf16, activation_checkpointing=config.gradient_checkpointing,
+        bf16=config.bf16, **checkpointing_option(config.gradient_checkpointing),
         # Already encoded and truncated by thinkrm; TRL's own filter would drop long pairs silently.
         max_length=None,
         eval_strategy="steps" if evaluating else "no", eval_steps=config.eval_steps if evaluating else None,
@@ -377,6 +422,7 @@ def train(config: TrainConfig) -> TrainReport:
         raise InputError("the evaluation split is empty; raise --eval-fraction or check --eval-pairs",
                          file=config.eval_pairs or config.pairs)
     report.pairs_used, report.eval_pairs = len(train_rows), len(eval_rows)
+    reference = _calibration_reference(train_rows, eval_rows, config.seed)
 
     args = _reward_config(config, has_eval=bool(eval_rows))
     if config.lora and _sharded_launch(args):
@@ -400,7 +446,7 @@ def train(config: TrainConfig) -> TrainReport:
     report.train_seconds = time.perf_counter() - start
     _fill_report(report, trainer, result)
 
-    _save(trainer, config, out, report)
+    _save(trainer, config, out, report, reference)
     return report
 
 
@@ -447,8 +493,9 @@ def _fill_report(report: TrainReport, trainer, result) -> None:
     report.log_history = history
 
 
-def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
-    """Write the plain checkpoint into a temporary folder, move it into `out`, then the sidecar last."""
+def _save(trainer, config: TrainConfig, out: Path, report: TrainReport, reference: _Reference) -> None:
+    """Write the plain checkpoint into a temporary folder, move it into `out`, calibrate it, write the report
+    and model card, then the sidecar last."""
     acc = trainer.accelerator
     tmp = out / ".saving"
     if acc.is_main_process:
@@ -471,8 +518,15 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
         model.save_pretrained(str(tmp))
         trainer.processing_class.save_pretrained(str(tmp))
     acc.wait_for_everyone()
-    if not acc.is_main_process:
-        return
+    if acc.is_main_process:
+        _finish(config, out, report, reference, str(acc.device))
+    # Only the main process scores and writes; the others wait, so a launch ends with a complete checkpoint.
+    acc.wait_for_everyone()
+
+
+def _finish(config: TrainConfig, out: Path, report: TrainReport, reference: _Reference, device: str) -> None:
+    """The main process's part of `_save`, once the weights are in `out/.saving`."""
+    tmp = out / ".saving"
     # Trainer.save_model adds its pickled arguments; they are no part of a servable checkpoint.
     (tmp / "training_args.bin").unlink(missing_ok=True)
     new = {f.name for f in tmp.iterdir()}
@@ -484,16 +538,169 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport) -> None:
     for name in new:
         os.replace(tmp / name, out / name)
     tmp.rmdir()
+    try:
+        report.calibration = _calibrate(config, out, reference, device).to_dict()
+    except ValueError as e:  # too few reference sides, or all scored alike: the model is still usable
+        report.calibration_skipped = str(e)
     write_json(out / REPORT, _report_dict(report))
+    architecture = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    with atomic_write(out / CARD) as f:
+        f.write(model_card(config, report, architecture))
     write_json(out / SIDECAR, {
         "input_format": config.input_format,
         "max_length": config.max_length,
         "base": config.base,
         "preset": config.preset,
+        "calibration": report.calibration,
         "trained_with": {k: v for k, v in asdict(config).items() if k not in ("pairs", "output_dir")},
     })
     if not config.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+
+
+def _calibrate(config: TrainConfig, out: Path, reference: _Reference, device: str) -> Calibration:
+    """Fit a calibration to the saved checkpoint's raw scores on the reference sides.
+
+    The checkpoint is scored as users will load it (save dtype, LoRA merged, the kept best step), from the
+    token ids it was trained or evaluated on. Batches of two sides per training pair fit where training did.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from .hf_scorer import HFScorer
+
+    # Under ZeRO-3, `from_pretrained` would partition the weights over every process, and the others are
+    # waiting at a barrier: training is over, so this process loads one whole copy for itself.
+    unset_hf_deepspeed_config()
+    with HFScorer(str(out), device=device, batch_size=2 * config.per_device_batch_size,
+                  max_length=config.max_length, input_format=config.input_format) as scorer:
+        scores = scorer.score_encoded(reference.ids)
+    return fit_calibration(scores, reference=reference.what)
+
+
+# Markdown of the README.md model card `thinkrm train` writes into every checkpoint (filled by `model_card`).
+CARD_TEMPLATE = """\
+---
+{front_matter}
+---
+
+# Thinking reward model
+
+A thinking reward model (TRM) trained with `thinkrm train`: it scores *how* a model reasoned (a clean path
+against detours, restarts, filler and false steps), not whether its answer is right. It is a one-label
+sequence classifier (`{architecture}`) fine-tuned from `{base}` with the Bradley-Terry loss on preference
+pairs of reasoning traces. Its score is the raw logit: unbounded, higher = better reasoning. Only differences
+between scores were trained, so the level of a score means nothing by itself (see Calibration).
+
+## Input
+
+The model reads {text}. The reasoning is the text before the end-of-thinking marker (`</think>`), never the
+final answer. It is tokenized with this checkpoint's tokenizer, which adds one BOS token itself; nothing else
+is added (no second BOS, no EOS).
+
+At most {max_length} tokens (`max_length` in `thinkrm.json`). A longer input keeps the whole prompt and the
+*end* of the reasoning, which then starts with `[... earlier reasoning truncated ...]`; the prompt is cut too
+(its beginning kept, then `[... rest of prompt truncated ...]`) only when it alone would leave the reasoning
+less than a quarter of the budget. thinkrm's scorers build exactly this input, reading the format and the
+length from `thinkrm.json`:
+
+```python
+import thinkrm
+
+scorer = thinkrm.load_scorer("hf:DIR")  # DIR: a local copy of this checkpoint, where thinkrm.json is read
+scores = scorer.score([("What is 2 + 3?", "2 + 3 = 5. So the answer is 5.")])  # raw, higher = better
+scorer.calibration  # the numbers below
+```
+
+## Calibration
+
+{calibration}
+
+## Training and evaluation
+
+| | |
+| --- | --- |
+| training pairs used | {pairs_used} (of {rows_read} rows read; {bad_total} bad pairs skipped; \
+{truncated} sides truncated) |
+| held-out pairs | {eval_pairs} |
+| eval pairwise accuracy | {accuracy} |
+| optimizer steps | {steps} |
+| loss (first -> last logged; mean) | {first_loss} -> {last_loss}; {train_loss} |
+| recipe | preset {preset}, learning rate {learning_rate}, global batch {batch_size} pairs, {length}{lora} |
+
+A held-out pair counts as right when its chosen side scores strictly higher. During training the accuracy is
+TRL's mean of per-batch accuracies (`thinkrm eval-pairs` gives the exact figure). Everything is in
+`train_report.json`, every setting in `thinkrm.json` (`trained_with`).
+
+## Served by other frameworks: feed it this input
+
+Scores mean something only for the input above, and frameworks' own reward-model paths build theirs
+differently: verl's reward model worker (`reward.reward_model.enable=True` without a custom reward function)
+renders a chat template over the prompt and the whole response; OpenRLHF's `--reward.model_name_or_path`
+scores the policy's own token ids (its chat template, the answer, its end-of-turn token); vLLM and SGLang chat
+endpoints apply a chat template and may add a BOS of their own, or a different one. Nothing fails: the numbers
+are just not this model's scores. Use thinkrm's scorers and adapters, which send the input above:
+`thinkrm.verl_reward`, `thinkrm/openrlhf_reward.py`, `thinkrm serve`, or the `vllm:URL` / `sglang:URL`
+scorers against a server started on this checkpoint (`vllm serve DIR --runner pooling`,
+`python -m sglang.launch_server --model-path DIR --is-embedding`). If a pipeline can only show the model
+chat-templated text, train the model on that: `thinkrm train --input-format chat`.
+"""
+
+CARD_CALIBRATION = """\
+| center | scale | reference scores | measured on |
+| --- | --- | --- | --- |
+| {center:.6g} | {scale:.6g} | {n} | {reference} |
+
+`z = (score - center) / scale` is about 0 for a typical reference trace (the better trace of its pair) and
+about -1 / +1 at the quartiles (scale = interquartile range / 1.349, a standard deviation that outliers cannot
+inflate). thinkrm's gated RL reward for a correct answer, `r = r_v * (1 - a + a * sigmoid(z))`, takes z
+rather than the raw score (`normalize="calibrated"`, which `auto` picks when the scorer carries a
+calibration), so the thinking term spreads over (1 - a, 1) instead of sitting at one end: with a = 0.2 a
+typical reference trace gets 0.9, one a scale above it 0.946, one a scale below 0.854; wrong answers get 0
+either way. `load_scorer("hf:DIR")` reads these numbers from `thinkrm.json`; for a copy served elsewhere pass
+them yourself: `load_scorer(spec, calibration="{center:.6g},{scale:.6g}")`."""
+
+CARD_NO_CALIBRATION = """\
+Not calibrated: {why}. Fit one with `thinkrm.calibration.fit_calibration` on this model's raw scores of
+correct traces and pass it to a scorer as `calibration="CENTER,SCALE"`."""
+
+
+def model_card(config: TrainConfig, report: TrainReport, architecture: str) -> str:
+    """README.md of a trained checkpoint: what it is, its exact input, its calibration and evaluation, and
+    where frameworks would feed it something else."""
+    base = _resolve_base(config.base)
+    front = ["library_name: transformers"]
+    # The Hub refuses a card whose base_model is no Hub id, so a local base is named in the text only.
+    if not Path(base).expanduser().exists():
+        front.append(f"base_model: {json.dumps(base)}")
+    front += ["pipeline_tag: text-classification", "tags:", "- reward-model", "- thinkrm"]
+    if config.input_format == "plain":
+        text = 'the text `prompt + "\\n" + reasoning`, with no chat template'
+    else:
+        text = ("the tokenizer's chat template rendering a user turn (the prompt) and an assistant turn (the "
+                "reasoning), without a leading BOS the template writes itself")
+    if report.calibration is not None:
+        calibration = CARD_CALIBRATION.format(**report.calibration)
+    else:
+        calibration = CARD_NO_CALIBRATION.format(why=report.calibration_skipped)
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4g}"
+
+    accuracy = "n/a (no held-out pairs)"
+    if report.eval_accuracy is not None:
+        before = report.initial_eval_accuracy
+        accuracy = (f"{report.eval_accuracy:.3f} (step {report.best_step}; "
+                    f"{'n/a' if before is None else f'{before:.3f}'} before training)")
+    return CARD_TEMPLATE.format(
+        front_matter="\n".join(front), architecture=architecture, base=base, text=text,
+        max_length=config.max_length, calibration=calibration, pairs_used=report.pairs_used,
+        rows_read=report.rows_read, bad_total=report.bad_total, truncated=report.truncated_sides,
+        eval_pairs=report.eval_pairs, accuracy=accuracy, steps=report.steps,
+        first_loss=num(report.first_loss), last_loss=num(report.last_loss), train_loss=num(report.train_loss),
+        preset=config.preset or "none", learning_rate=f"{config.learning_rate:g}",
+        batch_size=config.batch_size,
+        length=f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.num_epochs:g} epochs",
+        lora=", LoRA (merged)" if config.lora else "")
 
 
 def cast_checkpoint(folder: Path, dtype_name: str) -> None:

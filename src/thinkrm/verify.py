@@ -10,9 +10,10 @@ the server's `/get_reward`) calls this module, so every stage grades answers the
   instead, for callers that want to see why).
 
 math-verify bounds its own work with `signal.alarm`, which only works in the main thread and cannot interrupt
-C code. So `verify` uses those alarms only in the main thread, and `verify_batch` runs items in worker
-processes with a hard wall-clock deadline per item: a worker stuck on a pathological output is killed and
-replaced, and that item counts as a timeout (False).
+C code. So every check (`verify`, `verify_batch`, `same_answer`, `answer_classes`) runs in worker processes
+with a hard wall-clock deadline per item: a worker stuck on a pathological output is killed and replaced,
+and that item counts as a timeout (False). On top of that, extraction is linear in the response and answers
+too large to check (`MAX_PARSE_CHARS`, `MAX_PARSE_DIGITS`) fail closed before sympy sees them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .trace import THINK_END, THOUGHT_BEGIN, THOUGHT_END, split_response
 
@@ -40,12 +41,24 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 5.0
 _START_TIMEOUT = 120.0  # a worker's interpreter start + math-verify import, on a loaded 2-core machine
 
+# What is handed to math-verify is capped: a few characters can keep sympy busy for hours in C code that no
+# alarm interrupts (`100000000!`, `10^{10^{10}}`), so such answers fail closed at once instead of costing a
+# full timeout and a killed worker. The pool's hard deadline still bounds whatever these caps miss.
+MAX_PARSE_CHARS = 1000  # longer answers (gold or extracted) are not parsed; real final answers are shorter
+MAX_PARSE_DIGITS = 10_000  # nor compared when a number in them would have more digits (estimated from above)
+
+# Responses are untrusted text of any length, so every pattern below runs in linear time: no two quantifiers
+# that can trade the same characters (`is\s*[:=]?\s*(.+)` backtracks quadratically over a run of newlines),
+# and `(.*)` captures whose trailing space `_clean` strips, rather than `(.+?)\s*$`.
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_HASHES = re.compile(r"^\s*####\s*(.+?)\s*$", re.M)
-_A_LINE = re.compile(r"^\s*A:\s*(.+?)\s*$", re.M)
-_ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:=]?\s*(.+)", re.I)
+_HASHES = re.compile(r"^[^\S\n]*####\s*(.*)", re.M)
+_A_LINE = re.compile(r"^[^\S\n]*A:\s*(.*)", re.M)
+_ANSWER_IS = re.compile(r"answer\s+is\s*(?:[:=]\s*)?(.*)", re.I)  # "The final answer is": same capture
 # Markup around an answer written in prose ("The answer is $\frac12$.", "**18**"), never part of the value.
-_WRAP = re.compile(r"^(?:\*\*|\$|\\\(|\\\[)+|(?:\*\*|\$|\\\)|\\\]|[.\s])+$")
+# The trailing part is matched on the reversed text: anchored there, one pass; an unanchored `(...)+$`
+# would retry from every character of a long run of dots or spaces.
+_LEADING_WRAP = re.compile(r"(?:\*\*|\$|\\\(|\\\[)*")
+_TRAILING_WRAP_REVERSED = re.compile(r"(?:\*\*|\)\\|\]\\|[$.\s])*")
 _CURRENCY = re.compile(r"^\\?\$\s*(?=[\d.])")
 
 
@@ -53,37 +66,56 @@ class VerifyError(ValueError):
     """Raised by `verify(..., strict=True)` instead of returning False, with the reason."""
 
 
-def _last_boxed(text: str) -> str | None:
-    """Contents of the last `\\boxed{...}` with balanced braces (a regex cannot match nested braces)."""
-    found = None
-    for m in _BOX.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            found = text[m.end():i - 1]
-    return found
+def last_boxed(text: str) -> str | None:
+    """Contents of the last-opened `\\boxed{...}` whose braces balance (a regex cannot match nested braces).
+
+    Linear and vectorised: from the brace depth after each character, a box opened at depth d is closed by
+    the first later character at depth d - 1. Scanning ahead from every `\\boxed{` was quadratic in their
+    number (20,000 unclosed ones took minutes), and even a linear Python loop over the braces of a 1 MB
+    response takes a second.
+    """
+    found = [m.end() for m in _BOX.finditer(text)]  # where each box's contents start
+    if not found:
+        return None
+    import numpy as np
+
+    opens = np.array(found, dtype=np.int64)
+    opens = opens[opens < len(text)]
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    depth = np.cumsum(codes == ord("{"), dtype=np.int32) - np.cumsum(codes == ord("}"), dtype=np.int32)
+    lowest_after = np.minimum.accumulate(depth[::-1])[::-1]  # lowest depth from each position on
+    closed = opens[lowest_after[opens] < depth[opens - 1]]
+    if not len(closed):
+        return None
+    start = int(closed[-1])
+    return text[start:start + int(np.argmax(depth[start:] < depth[start - 1]))]
 
 
 def _clean(ans: str) -> str | None:
-    ans = _WRAP.sub("", ans.strip())
+    ans = ans.strip()
+    ans = ans[_LEADING_WRAP.match(ans).end():]
+    ans = ans[:len(ans) - _TRAILING_WRAP_REVERSED.match(ans[::-1]).end()]
     ans = _CURRENCY.sub("", ans).strip()
     return ans or None
+
+
+def answer_part(response: str) -> str:
+    """The part of a response that may state its answer: the text after the end-of-thinking marker (empty
+    for a truncated trace), or all of it when there is no marker."""
+    has_marker = any(m in response for m in (THINK_END, THOUGHT_BEGIN, THOUGHT_END))
+    return split_response(response)[1] if has_marker else response
 
 
 def extract_answer(response: str) -> str | None:
     """The final answer of a response, as text, or None when it states none.
 
-    Only the part after the end-of-thinking marker is read (all of it when there is no marker). In order of
-    preference: the last `\\boxed{...}`, a GSM8K `#### 18` line, a final `A: 18` line, "The answer is 18".
+    Only `answer_part(response)` is read. In order of preference: the last `\\boxed{...}`, a GSM8K `#### 18`
+    line, a final `A: 18` line, "The answer is 18".
     """
-    has_marker = any(m in response for m in (THINK_END, THOUGHT_BEGIN, THOUGHT_END))
-    # With a marker, only the part after it counts (empty for a truncated trace); without one, all of it.
-    text = split_response(response)[1] if has_marker else response
+    text = answer_part(response)
     if not text:
         return None
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return _clean(boxed)
     for pattern in (_HASHES, _A_LINE):
@@ -100,19 +132,86 @@ def extract_answer(response: str) -> str | None:
 # ---- parsing and comparison (the work a worker process does) ----------------------------------------------
 
 def _alarm_seconds(timeout: float | None) -> int | None:
-    """math-verify's own alarm (whole seconds, main thread only); None disables it where it cannot work."""
-    if timeout is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return max(1, math.ceil(timeout))
+    """math-verify's own alarm, in whole seconds (workers run items in their main thread, where it works)."""
+    return None if timeout is None else max(1, math.ceil(timeout))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class _TooBig(Exception):
+    """Ends the walk of `_digits` at the first part past `MAX_PARSE_DIGITS`."""
+
+
+def _digits(forms: list) -> float:
+    """An upper estimate of the digits of the largest value anywhere in math-verify's parsed forms, read off
+    the unevaluated expression tree; inf once past `MAX_PARSE_DIGITS`, where the walk stops.
+
+    Symbols count as 1 (`e^{hc/(\\lambda kT)}` is no huge number), except as the base of a power, which
+    counts at least as 10: expanding `(x+1)^{10^6}` costs as much as computing a number that size."""
+    from sympy import Basic, binomial, exp, factorial, factorial2, gamma, subfactorial
+    from sympy.matrices import MatrixBase
+
+    def value(digits: float) -> float:  # the bound on the number itself
+        return math.inf if digits > 300 else 10.0 ** digits
+
+    def walk(e: Any) -> float:
+        if isinstance(e, MatrixBase):
+            d = max(map(walk, e), default=0.0)
+        elif not isinstance(e, Basic):  # math-verify's string form
+            d = 0.0
+        elif e.is_Rational:
+            d = math.log10(max(abs(e.p), abs(e.q)))
+        elif e.is_Float:
+            d = abs(math.log10(abs(float(e)) or 1.0))
+        elif not e.args:  # symbols, pi, oo, True
+            d = 0.0
+        else:
+            parts = [walk(a) for a in e.args]
+            if e.is_Pow:
+                base = max(parts[0], 1.0) if e.args[0].free_symbols else parts[0]
+                d = base * value(parts[1]) if base else 0.0  # 1^{10^{500}} is cheap
+            elif isinstance(e, exp):
+                d = value(parts[0]) * math.log10(math.e)
+            elif isinstance(e, (factorial, factorial2, subfactorial, gamma)):
+                v = value(parts[0])
+                d = v * math.log10(v) if v > 1 else 0.0
+            elif isinstance(e, binomial):
+                d = value(parts[0]) * math.log10(2)
+            elif e.is_Mul:
+                d = sum(parts)
+            elif e.is_Add:
+                d = max(parts) + math.log10(len(parts))
+            else:
+                d = max(parts)
+        if not d <= MAX_PARSE_DIGITS:  # also NaN
+            raise _TooBig
+        return d
+
+    try:
+        return max(map(walk, forms), default=0.0)
+    except (_TooBig, RecursionError, OverflowError):
+        return math.inf
 
 
 def _parse(text: str, timeout: float | None, *, strict: bool = False) -> list:
+    """math-verify's parsed forms of an answer; [] when it cannot be read or is too large to check (with
+    `strict`, math-verify's error or `VerifyError` instead)."""
     from math_verify import parse
 
-    secs = _alarm_seconds(timeout)
-    # `\boxed{}` makes the LaTeX extractor take the whole string as one expression ("(3, -2)" is a tuple,
-    # not "-2"); the plain-expression extractor still handles "1,000" or "18 apples".
-    return parse("\\boxed{" + text + "}", parsing_timeout=secs, raise_on_error=strict)
+    if len(text) > MAX_PARSE_CHARS:
+        reason = f"it is longer than {MAX_PARSE_CHARS} characters"
+    else:
+        # `\boxed{}` makes the LaTeX extractor take the whole string as one expression ("(3, -2)" is a tuple,
+        # not "-2"); the plain-expression extractor still handles "1,000" or "18 apples".
+        forms = parse("\\boxed{" + text + "}", parsing_timeout=_alarm_seconds(timeout), raise_on_error=strict)
+        if _digits(forms) <= MAX_PARSE_DIGITS:
+            return forms
+        reason = f"a number in it would have more than {MAX_PARSE_DIGITS} digits"
+    if strict:
+        raise VerifyError(f"cannot check {_shorten(text)}: {reason}")
+    return []
 
 
 def _equal(gold: list, pred: list, timeout: float | None, *, strict: bool = False) -> bool:
@@ -138,7 +237,7 @@ def _verify_checked(response: str, gold: str, timeout: float | None, strict: boo
     gold_parsed = _parse(gold, timeout, strict=strict)  # gold first: it decides how the prediction is read
     if not gold_parsed:
         if strict:
-            raise VerifyError(f"cannot parse the gold answer {gold!r}")
+            raise VerifyError(f"cannot parse the gold answer {_shorten(gold)}")
         return False
     answer = extract_answer(response)
     if answer is None:
@@ -148,7 +247,7 @@ def _verify_checked(response: str, gold: str, timeout: float | None, strict: boo
     pred = _parse(answer, timeout, strict=strict)
     if not pred:
         if strict:
-            raise VerifyError(f"cannot parse the answer {answer!r}")
+            raise VerifyError(f"cannot parse the answer {_shorten(answer)}")
         return False
     return _equal(gold_parsed, pred, timeout, strict=strict)
 
@@ -191,7 +290,7 @@ _TASKS = {"verify": _verify_local, "classes": _classes_local}
 def _serve(conn) -> None:
     """Worker loop: math-verify's alarms work here because each item runs in this process's main thread."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    _parse("1", 1)  # import math-verify and sympy before saying hello
+    _verify_local("\\boxed{1}", "1", 1, False)  # import math-verify, sympy and numpy before saying hello
     conn.send("ready")
     while True:
         try:
@@ -250,6 +349,7 @@ class VerifierPool:
         self.size = max(1, workers or min(4, os.cpu_count() or 1))
         self._procs: list[subprocess.Popen | None] = [None] * self.size
         self._conns: list[Connection | None] = [None] * self.size
+        self._greeted = [False] * self.size  # whether the worker's "ready" has been read
         self._lock = threading.Lock()
 
     def _start(self, i: int) -> None:
@@ -260,13 +360,14 @@ class VerifierPool:
         p = subprocess.Popen([sys.executable, "-m", "thinkrm.verify"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)
         conn = _PipeConnection(p.stdout.fileno(), p.stdin.fileno())
-        self._procs[i], self._conns[i] = p, conn
+        self._procs[i], self._conns[i], self._greeted[i] = p, conn, False
 
     def _ready(self, i: int) -> None:
         """Wait for a started worker's hello, so its import time never counts against an item's deadline."""
         conn = self._conns[i]
         try:
             if conn.reader.poll(_START_TIMEOUT) and conn.recv() == "ready":
+                self._greeted[i] = True
                 return
         except (EOFError, OSError):
             pass
@@ -297,8 +398,9 @@ class VerifierPool:
                     for i in fresh:  # start them all, then wait: their imports overlap
                         self._kill(i)
                         self._start(i)
-                    for i in fresh:
-                        self._ready(i)
+                    for i in idle:
+                        if not self._greeted[i]:
+                            self._ready(i)
                     for i in idle:
                         item = pending.pop()
                         try:
@@ -335,6 +437,9 @@ class VerifierPool:
                         if now >= deadline:
                             busy.pop(i)
                             self._kill(i)
+                            # Boot the replacement now: the next item or call finds it ready instead of
+                            # waiting for its interpreter and sympy import on top of its own deadline.
+                            self._start(i)
                             report.timeouts += 1
             except BaseException:
                 # Workers still busy would leave their replies in the pipes, to be read as the next batch's.
@@ -375,25 +480,26 @@ def close_pools() -> None:
 def verify(response: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> bool:
     """True when the final answer of `response` equals `gold` under math-verify.
 
-    In the main thread the work runs here, bounded by math-verify's own alarms. Elsewhere (a server's worker
-    thread, an async reward) those alarms cannot work, so the item goes to the process pool with a hard
-    deadline instead. With `strict`, a missing or unparsable answer raises `VerifyError` rather than
-    returning False (in a worker thread a timeout also raises `TimeoutError`).
+    The whole check, extraction included, runs in the process pool under a hard wall-clock deadline, from any
+    thread: math-verify's own alarms work only in a main thread and cover neither extraction nor C code
+    (sympy computing a huge product ignores them). So the caller waits at most `timeout`, plus the start of
+    a worker when none is up yet. With `strict`, a missing or unparsable answer raises `VerifyError` and a
+    timeout `TimeoutError`, rather than returning False.
     """
-    if threading.current_thread() is threading.main_thread():
-        if strict:
-            return _verify_local(response, gold, timeout, True)
-        try:
-            return _verify_local(response, gold, timeout, False)
-        except Exception:
-            log.debug("verification failed", exc_info=True)
-            return False
     report = get_pool().run("verify", [(response, gold, timeout, strict)], timeout, False)
     if strict and report.timeouts:
         raise TimeoutError(f"verification took longer than {timeout}s")
     if strict and report.errors:
-        raise VerifyError(report.error_messages[0])
+        _raise_reported(report.error_messages[0])
     return report.results[0]
+
+
+def _raise_reported(message: str) -> NoReturn:
+    """Raise in the caller the error a worker reported as "Type: detail" (`_serve`), keeping its kind."""
+    kind, _, detail = message.partition(": ")
+    if kind == "TimeoutError":
+        raise TimeoutError(detail)
+    raise VerifyError(detail if kind == "VerifyError" else message)
 
 
 def verify_batch_report(responses: Sequence[str], golds: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
@@ -422,16 +528,13 @@ def verify_batch(responses: Sequence[str], golds: Sequence[str], *, timeout: flo
 def same_answer(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Whether two extracted answers are the same value under math-verify ("0.5" and "\\frac12" are).
 
-    Used to group answers for majority vote; None (no answer) equals nothing. Runs in the calling thread
-    when it is the main thread, else in the pool.
+    Used to group answers for majority vote; None (no answer) equals nothing. Equal strings are decided here;
+    anything else goes to the process pool, under the same hard deadline as `verify`.
     """
     if a is None or b is None:
         return False
-    if threading.current_thread() is threading.main_thread():
-        try:
-            return _same_local(a, b, timeout)
-        except Exception:
-            return False
+    if _norm(a) == _norm(b):
+        return True
     return bool(get_pool().run("classes", [([a, b], timeout)], timeout, [0, 1]).results[0][1] == 0)
 
 

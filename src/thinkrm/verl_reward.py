@@ -1,21 +1,23 @@
 """The gated thinking reward as a verl custom reward function.
 
-verl imports a file and calls one function per sample. Point it here:
+verl (0.9) loads `reward.custom_reward_function.path` with `verl.utils.import_utils.load_extern_object`,
+either as a package module or as a standalone file, so this module imports its own package absolutely:
 
-    custom_reward_function.path=$(python -c 'import thinkrm.verl_reward as m; print(m.__file__)')
-    custom_reward_function.name=compute_score
+    reward.custom_reward_function.path=pkg://thinkrm.verl_reward    # or the path of this file
+    reward.custom_reward_function.name=compute_score
+    +reward.custom_reward_function.reward_kwargs.scorer=lite
 
-verl calls `compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)`; its reward
-loop (the default from verl 0.7/0.8 on) adds `reward_router_address`, `reward_model_tokenizer` and (newer)
-`reward_model_path`. With a router address the thinking score comes from the reward model verl launched
-behind that router (SGLang `/v1/embeddings` or vLLM `/classify`, chosen by `router_engine`), otherwise from
-the scorer spec `scorer` (default: $THINKRM_SCORER or "lite"). Options reach this function through
-`custom_reward_function.reward_kwargs` (`scorer`, `alpha`, `router_engine`, `timeout`).
+verl's reward loop calls `compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)`
+once per sample, adding `reward_router_address` and `reward_model_tokenizer` when it launched a reward model.
+With a router address the thinking score comes from that model (SGLang `/v1/embeddings` or vLLM `/classify`,
+chosen by `router_engine`), otherwise from the scorer spec `scorer` (default: $THINKRM_SCORER or "lite").
 
-verl passes the response without its prompt, so the problem the TRM reads is taken from `extra_info`
+A sample arrives alone, so the score cannot be standardised within its GRPO group: `normalize` defaults to
+"calibrated" (the scorer's own calibration, or `calibration="CENTER,SCALE"`; a router-served model needs the
+latter). verl passes the response without its prompt, so the problem the TRM reads is taken from `extra_info`
 (`question`, `prompt` or `problem`, as verl's data preprocessors write it); without one the TRM reads the
-reasoning alone. verl stores every returned key as a per-sample column, so each sample returns all three
-keys as floats: r_t is computed for wrong answers too (it is logged, though the gated score ignores it).
+reasoning alone. verl stores every returned key as a per-sample column, so each sample returns the same keys
+as floats: r_t is computed for wrong answers too (it is logged, though the gated score ignores it).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import asyncio
 import os
 from typing import Any
 
-from .rewards import shared_reward
+from thinkrm.rewards import per_sample_normalize, shared_reward
 
 PROMPT_KEYS = ("question", "prompt", "problem")
 ROUTER_ENGINES = ("sglang", "vllm")
+# Keyword arguments verl's reward managers pass that this function has no use for. Anything else is a
+# reward_kwargs option: an unknown one is an error, since a misspelt option would otherwise be ignored.
+FRAMEWORK_KWARGS = frozenset({"reward_model_path"})
 
 
 def _prompt(extra_info: Any) -> str:
@@ -45,18 +50,36 @@ def _gold(ground_truth: Any) -> str:
     return str(ground_truth)
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  *, reward_router_address: str | None = None, scorer: str | None = None,
-                  alpha: float | None = None, router_engine: str | None = None, timeout: float = 5.0,
-                  **kwargs: Any) -> dict[str, float]:
-    """`{"score": gated reward, "r_v": 0/1 verifier result, "r_t": raw thinking score}` for one sample.
+def _option(value: Any, env: str, default: Any) -> Any:
+    """A reward kwarg, else its environment variable (for launchers that cannot set reward kwargs)."""
+    if value is not None:
+        return value
+    return os.environ.get(env) or default
 
-    Options not given as arguments come from $THINKRM_SCORER, $THINKRM_ALPHA and $THINKRM_ROUTER_ENGINE,
-    for verl versions where reward kwargs cannot be set from the config.
+
+def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                  *, reward_router_address: str | None = None, reward_model_tokenizer: Any = None,
+                  scorer: str | None = None, alpha: float | None = None, normalize: str | None = None,
+                  calibration: str | None = None, verifier: str | None = None,
+                  router_engine: str | None = None, timeout: float | None = None,
+                  **kwargs: Any) -> dict[str, float]:
+    """`{"score": gated reward, "r_v": 0/1, "r_t": raw thinking score, "r_t_normalized": z}` for one sample.
+
+    Options not given as arguments come from $THINKRM_SCORER, $THINKRM_ALPHA, $THINKRM_NORMALIZE,
+    $THINKRM_CALIBRATION, $THINKRM_VERIFIER, $THINKRM_VERIFY_TIMEOUT and $THINKRM_ROUTER_ENGINE.
     """
-    alpha = float(os.environ.get("THINKRM_ALPHA", "0.2")) if alpha is None else float(alpha)
-    router_engine = router_engine or os.environ.get("THINKRM_ROUTER_ENGINE") or "sglang"
-    options: dict[str, Any] = {"timeout": timeout, "score_all": True}
+    unknown = sorted(set(kwargs) - FRAMEWORK_KWARGS)
+    if unknown:
+        raise TypeError(f"compute_score: unknown option(s) {', '.join(unknown)}; reward_kwargs may set "
+                        "scorer, alpha, normalize, calibration, verifier, router_engine and timeout")
+    alpha = float(_option(alpha, "THINKRM_ALPHA", 0.2))
+    router_engine = _option(router_engine, "THINKRM_ROUTER_ENGINE", "sglang")
+    options: dict[str, Any] = {
+        "timeout": float(_option(timeout, "THINKRM_VERIFY_TIMEOUT", 5.0)), "score_all": True,
+        "normalize": per_sample_normalize(_option(normalize, "THINKRM_NORMALIZE", "calibrated")),
+        "calibration": _option(calibration, "THINKRM_CALIBRATION", None),
+        "verifier": _option(verifier, "THINKRM_VERIFIER", "math"),
+    }
     if reward_router_address:
         if router_engine not in ROUTER_ENGINES:
             raise ValueError(f"router_engine must be one of {', '.join(ROUTER_ENGINES)}, "
@@ -65,13 +88,12 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         if "://" not in address:  # verl passes host:port
             address = "http://" + address
         spec = f"{router_engine}:{address}"
-        if kwargs.get("reward_model_path"):
-            options["scorer_options"] = (("model", kwargs["reward_model_path"]),)
     else:
-        spec = scorer or os.environ.get("THINKRM_SCORER") or "lite"
+        spec = _option(scorer, "THINKRM_SCORER", "lite")
     reward = shared_reward(spec, alpha, **options)
     batch = reward.compute([_prompt(extra_info)], [solution_str], [_gold(ground_truth)])
-    return {"score": float(batch.rewards[0]), "r_v": float(batch.r_v[0]), "r_t": float(batch.r_t[0])}
+    return {"score": float(batch.rewards[0]), "r_v": float(batch.r_v[0]), "r_t": float(batch.r_t[0]),
+            "r_t_normalized": float(batch.z[0])}
 
 
 async def compute_score_async(data_source: str, solution_str: str, ground_truth: Any,

@@ -31,10 +31,12 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
 
     Both files are streamed to temporaries and renamed into place only when the whole input has been
     processed, so a bad row (without `skip_bad`), a crash or Ctrl-C never leaves a half-written output.
+    Ids must be unique (the report links traces by id): a repeat is an error naming both lines, or with
+    `skip_bad` the later row is skipped. An empty input file is an error.
     """
     from ..dag import build_dag
     from ..formatting import Item
-    from ..io import InputError, atomic_write, dumps
+    from ..io import InputError, atomic_write, check_output_dir, check_output_file, dumps
     from ..me2 import analyze
     from ..report import ReportWriter
     from ..scoring import load_scorer
@@ -47,19 +49,20 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
     traces, out = Path(traces), Path(out)
     if not traces.is_file():
         raise InputError("file not found" if not traces.exists() else "not a file", file=traces)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a directory", file=out)
+    check_output_dir(out)
+    analysis_path, report_path = out / "analysis.jsonl", out / "index.html"
+    for path in (analysis_path, report_path):
+        check_output_file(path, inputs=[traces])
     skipped: list[str] = []
     rows: list[dict[str, Any]] = []
     scorer = resolve_scorer(scorer)
     scorer_obj = load_scorer(scorer) if scorer else None
-    analysis_path, report_path = out / "analysis.jsonl", out / "index.html"
 
     def on_bad(e: InputError) -> None:
         skipped.append(str(e))
         console.print(f"[yellow]skipped[/] {e}", highlight=False)
 
-    stream = load_traces(traces, skip_bad=skip_bad, on_bad=on_bad)
+    stream = load_traces(traces, skip_bad=skip_bad, on_bad=on_bad, unique_ids=True, allow_empty=False)
     total = count_lines(traces) if show_progress else None  # a second full read, only for a visible bar
     if show_progress and limit is not None:
         total = min(total, limit) if total is not None else limit
@@ -170,7 +173,11 @@ def analyze_command(
                                "embedded TRM-lite), 'hf:PATH', 'vllm:URL' (see thinkrm.load_scorer); 'none' = "
                                "no scores"),
 ) -> None:
-    """Split traces into steps, build their reasoning DAGs, compute ME² signals, write a browsable report."""
+    """Split traces into steps, build their reasoning DAGs, compute ME² signals, write a browsable report.
+
+    Ids must be unique: a repeat is an error naming both lines (--skip-bad skips the later row).
+    An input without rows is an error.
+    """
     with user_errors():
         res = run_analyze(traces, out, structurer=structurer, skip_bad=skip_bad, limit=limit, scorer=scorer)
     _print_summary(res)

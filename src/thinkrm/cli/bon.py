@@ -87,7 +87,10 @@ def register(app: typer.Typer) -> None:
                                         "'auto' (thinkrm.bon.AUTO_TEMPERATURE = 4 standard deviations of all "
                                         "scores: the scores settle ties and near-ties of the vote)."),
         seed: int = typer.Option(0, help="Seed of the random subsets."),
-        verify_timeout: float = typer.Option(5.0, help="Seconds per answer check before it counts as wrong."),
+        verifier: str = typer.Option("math", help="Answer checker for rows without `correct`: math, choice, "
+                                     "llm:URL[,URL...] (docs/bon-and-rl.md, Verifiers)."),
+        verify_timeout: float = typer.Option(5.0, help="Seconds per answer check (llm: per request) before "
+                                             "it counts as wrong."),
         workers: int | None = typer.Option(None, help="Verifier processes (default: min(4, CPUs))."),
     ) -> None:
         """Best-of-N selection by a thinking reward model vs random, shortest, longest, oracle, majority vote.
@@ -99,9 +102,12 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from ..bon import best_of_n, load_candidates
-        from ..io import write_json
+        from ..io import check_output_dir, check_output_file, write_json
 
         with user_errors():
+            check_output_dir(out)
+            for name in ("bon.json", "bon.png"):
+                check_output_file(out / name, inputs=[candidates])
             ns = _parse_list(n, "n", int)
             if temperature != "auto":
                 try:
@@ -120,7 +126,7 @@ def register(app: typer.Typer) -> None:
 
                 result = best_of_n(cands, scorer, strategies=rules, ns=ns, repeats=repeats, seed=seed,
                                    temperature=temperature, cache_dir=out, verify_timeout=verify_timeout,
-                                   workers=workers, on_progress=on_progress)
+                                   workers=workers, verifier=verifier, on_progress=on_progress)
             result["input"] = str(candidates)
             write_json(out / "bon.json", result)
             plot(result, out / "bon.png")

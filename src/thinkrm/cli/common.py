@@ -24,11 +24,14 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected failures (bad input, unreachable server, bad spec) into a one-line message + exit 2."""
+    """Turn expected failures (bad input, unreachable server, bad spec, a path the system refuses: no
+    permission, disk full, name too long) into a one-line message + exit 2."""
     try:
         yield
-    except (InputError, ValueError, FileNotFoundError, ConnectionError, TimeoutError) as e:
+    except (InputError, ValueError) as e:
         fail(str(e))
+    except OSError as e:  # ConnectionError and TimeoutError carry their own message; a path error its name
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

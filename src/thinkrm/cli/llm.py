@@ -112,7 +112,10 @@ def register(app: typer.Typer) -> None:
         top_p: float = typer.Option(0.95, help="Generation top-p."),
         gen_max_tokens: int = typer.Option(4096, help="Generation max tokens."),
         seed: int = typer.Option(0, help="Seed of the pair sampling."),
-        verify_timeout: float = typer.Option(5.0, help="Seconds per verified answer (hard, wall clock)."),
+        verifier: str = typer.Option("math", help="Answer checker: math, choice, llm:URL[,URL...] "
+                                     "(docs/bon-and-rl.md, Verifiers)."),
+        verify_timeout: float = typer.Option(5.0, help="Seconds per verified answer (hard, wall clock; llm: "
+                                             "per request)."),
         work_dir: Optional[Path] = typer.Option(None, help="Stage stores and cache [default: <output>.work]."),
         repeats: int = typer.Option(3, help="Judge votes per presentation order.", rich_help_panel=JUDGE_PANEL),
         view: str = typer.Option("structured", help="structured or raw.", rich_help_panel=JUDGE_PANEL),
@@ -140,7 +143,7 @@ def register(app: typer.Typer) -> None:
                                temperature=temperature, max_trace_chars=max_trace_chars)
             cfg = BuildConfig(generators=list(generator), n=n, k=k, temperature=gen_temperature, top_p=top_p,
                               max_tokens=gen_max_tokens, seed=seed, verify_timeout=verify_timeout,
-                              work_dir=str(work_dir) if work_dir else None, judge=jcfg)
+                              verifier=verifier, work_dir=str(work_dir) if work_dir else None, judge=jcfg)
             llm = llm_config(base_url, api_key, model, concurrency, timeout, max_retries, None)
             bars, update = _progress_bars()
             with bars:

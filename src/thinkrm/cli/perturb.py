@@ -12,14 +12,19 @@ from .common import console, progress, user_errors
 
 def run_perturb(candidates: str | Path, out: str | Path, *, ops: str | None = None, seed: int = 0,
                 skip_bad: bool = False, show_progress: bool = True) -> Counter:
-    """Write the pairs atomically (never a half-written file); returns the number of pairs per op."""
-    from ..io import InputError, write_jsonl
+    """Write the pairs atomically (never a half-written file); returns the number of pairs per op.
+
+    The output may not be the input under any name (it would be replaced by the pairs); an empty input is
+    an error.
+    """
+    from ..io import InputError, check_output_file, write_jsonl
     from ..perturb import parse_ops, perturb_records
     from ..trace import load_traces
 
     op_names = parse_ops(ops)
+    check_output_file(out, inputs=[candidates])
     skipped: list[InputError] = []
-    traces = load_traces(candidates, skip_bad=skip_bad, on_bad=skipped.append)
+    traces = load_traces(candidates, skip_bad=skip_bad, on_bad=skipped.append, allow_empty=False)
     if show_progress:
         traces = progress(traces, "perturbing")
     counts: Counter = Counter()

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from ..io import InputError
 from .common import console, count_lines, progress, user_errors
 
 # Traces per scorer call: enough for batching and request concurrency; at most this much is redone on resume.
@@ -38,62 +39,65 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
     Rows are written as they are scored (one flushed line each), so a killed run keeps its work and
     `resume=True` skips ids already in `out`. Rows keep every input field; a row without `id` gets its line
     number as `id`, which is what resuming matches on.
+
+    Every row is validated before its chunk is scored (`thinkrm.io`, `thinkrm.trace`: bad text, empty
+    reasoning, repeated ids), and a row the scorer itself fails on costs only that row (`_score_rows`), so
+    one bad row never loses the good rows around it. An input without any row is an error, raised before
+    `out` is touched.
     """
-    from ..formatting import Item
-    from ..io import InputError, ResumableJsonl, iter_records
+    from itertools import chain
+
+    from ..io import ResumableJsonl, check_output_file
     from ..scoring import load_scorer
-    from ..trace import trace_from_record
+    from ..trace import read_traces
 
     traces = Path(traces)
     if not traces.is_file():
         raise InputError("file not found" if not traces.exists() else "not a file", file=traces)
-    if Path(out).resolve() == traces.resolve():
-        raise ValueError("output file must differ from the input file")
+    check_output_file(out, inputs=[traces])
     result = ScoreResult()
-    seen: dict[str, int] = {}
 
-    def rows():
-        for line, rec in iter_records(traces):
-            try:
-                if isinstance(rec, InputError):
-                    raise rec
-                trace = trace_from_record(rec, default_id=str(line), file=str(traces), line=line)
-                if trace.id in seen:
-                    raise InputError(f"duplicate id {trace.id!r} (first on line {seen[trace.id]})",
-                                     file=traces, line=line, field="id")
-                seen[trace.id] = line
-            except InputError as e:
-                if not skip_bad:
-                    raise
-                result.skipped.append(str(e))
-                console.print(f"[yellow]skipped[/] {e}", highlight=False)
-                continue
-            yield trace, rec
+    def on_bad(e: InputError) -> None:
+        if not skip_bad:
+            raise e
+        result.skipped.append(str(e))
+        console.print(f"[yellow]skipped[/] {e}", highlight=False)
 
+    rows = read_traces(traces, skip_bad=True, on_bad=on_bad, unique_ids=True, allow_empty=False,
+                       require_reasoning=True)
+    # The first good row is read before the output is opened: an empty input (or a bad first row) then
+    # fails without emptying an earlier output.
+    first = next(rows, None)
     scorer_obj = load_scorer(scorer, **options)
     try:
         with ResumableJsonl(out, key="id", resume=resume) as store:
             batch: list[tuple[Any, dict[str, Any]]] = []
 
             def flush() -> None:
-                scores = scorer_obj.score([Item(t.prompt, t.reasoning) for t, _ in batch])
-                if len(scores) != len(batch):
-                    raise ValueError(f"scorer {scorer_obj.spec!r} returned {len(scores)} scores "
-                                     f"for {len(batch)} items")
-                store.add_many({**rec, "id": rec.get("id", trace.id), "score": s} for (trace, rec), s in zip(batch, scores))
-                result.scored += len(batch)
+                scored = _score_rows(scorer_obj, batch)
+                store.add_many({**rec, "id": rec.get("id", trace.id), "score": s}
+                               for (trace, rec), s in zip(batch, scored) if not isinstance(s, InputError))
+                result.scored += sum(not isinstance(s, InputError) for s in scored)
                 batch.clear()
+                for s in scored:  # after the good rows are safely written
+                    if isinstance(s, InputError):
+                        on_bad(s)
 
-            stream = rows()
+            stream = rows if first is None else chain([first], rows)
             if show_progress:
                 stream = progress(stream, "scoring", total=count_lines(traces))
-            for trace, rec in stream:
-                if trace.id in store:
-                    result.resumed += 1
-                    continue
-                batch.append((trace, rec))
-                if len(batch) >= SCORE_CHUNK:
+            try:
+                for trace, rec in stream:
+                    if trace.id in store:
+                        result.resumed += 1
+                        continue
+                    batch.append((trace, rec))
+                    if len(batch) >= SCORE_CHUNK:
+                        flush()
+            except InputError:
+                if batch:  # the good rows before the bad one are kept, so --resume goes on from there
                     flush()
+                raise
             if batch:
                 flush()
         result.truncated = scorer_obj.truncated
@@ -102,14 +106,58 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
     return result
 
 
+def _score_rows(scorer, batch: list[tuple[Any, dict[str, Any]]]) -> list[float | InputError]:
+    """Scores of a chunk of (trace, record) rows, or an `InputError` in place of each row the scorer fails on.
+
+    When the whole chunk fails, each row is scored alone, so a row that a model or server cannot take costs
+    that row, not the chunk. Failures that are not about rows are raised as they are: an unreachable or
+    overloaded server (`OSError`, HTTP 429/5xx after retries), or every row failing (a broken scorer).
+    """
+    from ..endpoints import RETRY_STATUSES, ServerResponseError
+    from ..formatting import Item
+
+    def score(items: list[Item]) -> list[float]:
+        scores = scorer.score(items)
+        if len(scores) != len(items):
+            raise ValueError(f"scorer {scorer.spec!r} returned {len(scores)} scores for {len(items)} items")
+        return list(scores)
+
+    def about_rows(e: Exception) -> bool:
+        if isinstance(e, ServerResponseError):
+            return e.status not in RETRY_STATUSES
+        return not isinstance(e, OSError)
+
+    items = [Item(t.prompt, t.reasoning) for t, _ in batch]
+    try:
+        return score(items)
+    except Exception as e:
+        if len(batch) == 1 or not about_rows(e):
+            raise
+        chunk_error = e
+    out: list[float | InputError] = []
+    for (trace, _), item in zip(batch, items):
+        try:
+            out.append(score([item])[0])
+        except Exception as e:
+            if not about_rows(e):
+                raise
+            file, _, line = (trace.source or "").rpartition(":")
+            out.append(InputError(f"the scorer failed on this row: {type(e).__name__}: {e}",
+                                  file=file or None, line=int(line) if line.isdigit() else None))
+    if all(isinstance(s, InputError) for s in out):
+        raise chunk_error
+    return out
+
+
 def run_eval_pairs(pairs: str | Path, out_dir: str | Path, scorer: str, *, length_tolerance: float = 0.10,
                    show_progress: bool = True, **options: Any) -> dict[str, Any]:
     """Evaluate `scorer` on a pairs file; writes `out_dir/outputs.jsonl` and `out_dir/results.json`.
 
-    Both files appear only when the whole evaluation succeeded (atomic writes).
+    Both files appear only when the whole evaluation succeeded (atomic writes); an input without a single
+    valid pair is an error, not an empty result.
     """
     from ..evaluate import evaluate_pairs
-    from ..io import InputError, atomic_write, dumps, write_json
+    from ..io import atomic_write, check_output_dir, check_output_file, dumps, write_json
     from ..scoring import load_scorer
 
     pairs, out_dir = Path(pairs), Path(out_dir)
@@ -117,6 +165,9 @@ def run_eval_pairs(pairs: str | Path, out_dir: str | Path, scorer: str, *, lengt
         raise InputError("file not found" if not pairs.exists() else "not a file", file=pairs)
     if not 0 <= length_tolerance < 1:
         raise ValueError("--length-tolerance must be in [0, 1)")
+    check_output_dir(out_dir)
+    for name in ("outputs.jsonl", "results.json"):
+        check_output_file(out_dir / name, inputs=[pairs])
     scorer_obj = load_scorer(scorer, **options)
     try:
         with atomic_write(out_dir / "outputs.jsonl") as f:
@@ -124,6 +175,12 @@ def run_eval_pairs(pairs: str | Path, out_dir: str | Path, scorer: str, *, lengt
             wrap = (lambda stream: progress(stream, "pairs", total=total)) if show_progress else None
             results = evaluate_pairs(pairs, scorer_obj, length_tolerance=length_tolerance, progress=wrap,
                                      on_pair=lambda row: f.write(dumps(row) + "\n"))
+            if results["num_pairs"] == 0:  # raised inside the block: no output file is written
+                bad = results["bad_rows"]
+                if not bad["count"]:
+                    raise InputError("no rows: the file is empty", file=pairs)
+                raise InputError(f"no valid pairs: all {bad['count']} rows are bad; first: "
+                                 + "; ".join(bad["examples"][:3]), file=pairs)
         results["input"] = str(pairs)
         write_json(out_dir / "results.json", results)
     finally:
@@ -188,7 +245,12 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = dtype_opt, timeout: Optional[float] = timeout_opt,
         retries: Optional[int] = retries_opt, api_key: Optional[str] = key_opt,
     ) -> None:
-        """Add a reward score to every trace (streaming, resumable with --resume)."""
+        """Add a reward score to every trace (streaming, resumable with --resume).
+
+        A bad row, or one the scorer fails on, stops the run with its file:line (earlier rows are kept).
+        With --skip-bad such rows are reported and skipped. An input without rows is an error.
+        The output must be a regular file (or absent), and not the input under any name.
+        """
         with user_errors():
             res = run_score(traces, out, scorer, resume=resume, skip_bad=skip_bad,
                             **scorer_options(batch_size, device, dtype, timeout, retries, api_key))
@@ -217,3 +279,32 @@ def register(app: typer.Typer) -> None:
                                      **scorer_options(batch_size, device, dtype, timeout, retries, api_key))
         print_eval(results)
         console.print(f"wrote {out / 'results.json'} and {out / 'outputs.jsonl'}", highlight=False)
+
+    @app.command("calibrate")
+    def calibrate_cmd(
+        traces: Path = typer.Argument(..., help="Correct traces, or candidates with a `correct` field "
+                                      "(only correct rows are used)."),
+        scorer: str = typer.Option("lite", "--scorer", "-s", help=scorer_help),
+        out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write {\"calibration\": ...} to this "
+                                           "JSON file (pass it as calibration=FILE or $THINKRM_CALIBRATION)."),
+        limit: Optional[int] = typer.Option(None, min=4, help="Use at most this many traces."),
+        batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
+        dtype: Optional[str] = dtype_opt, timeout: Optional[float] = timeout_opt,
+        retries: Optional[int] = retries_opt, api_key: Optional[str] = key_opt,
+    ) -> None:
+        """Measure a scorer's calibration (centre, scale) on correct traces, for the gated RL reward."""
+        from ..calibration import calibrate_traces
+        from ..io import check_output_file, write_json
+        from ..scoring import load_scorer
+
+        with user_errors():
+            if out is not None:  # checked before the scoring, not after it
+                check_output_file(out, inputs=[traces])
+            loaded = load_scorer(scorer, **scorer_options(batch_size, device, dtype, timeout, retries, api_key))
+            cal = calibrate_traces(traces, loaded, limit=limit)
+            if out is not None:
+                write_json(out, {"calibration": cal.to_dict()})
+        console.print(f"centre {cal.center:.6g}, scale {cal.scale:.6g} from {cal.n} traces; use "
+                      f"calibration=\"{cal.center:.6g},{cal.scale:.6g}\""
+                      + (f" or calibration={out}" if out is not None else ""), highlight=False)
+

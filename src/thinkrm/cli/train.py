@@ -89,6 +89,12 @@ def _print_report(report) -> None:
     console.print(f"{curve}mean loss {report.train_loss:.4f}; {report.tokens_per_second:,.0f} tokens/s")
     if report.eval_accuracy is not None:
         console.print(f"eval pairwise accuracy {report.eval_accuracy:.3f} (step {report.best_step})")
+    if report.calibration is not None:
+        cal = report.calibration
+        console.print(f"calibration: center {cal['center']:.4g}, scale {cal['scale']:.4g} ({cal['reference']})",
+                      highlight=False)
+    else:
+        console.print(f"[yellow]not calibrated:[/] {report.calibration_skipped}", highlight=False)
     if report.truncated_sides:
         console.print(f"[yellow]{report.truncated_sides} sides truncated to max length[/] "
                       "(prompt kept, end of reasoning kept)")
