@@ -44,8 +44,8 @@ def main() -> None:
 
     from rich.console import Console
 
-    from thinkrm.bon import best_of_n, load_candidates
-    from thinkrm.cli.bon import plot, table
+    from thinkrm.bon import best_of_n, load_candidates, plot_bon
+    from thinkrm.cli.bon import table
     from thinkrm.io import write_json
     from thinkrm.verify import verify_batch_report
 
@@ -79,7 +79,7 @@ def main() -> None:
                            temperature="auto" if args.temperature == "auto" else float(args.temperature))
         wall = time.perf_counter() - start
         write_json(out / "bon.json", result)
-        plot(result, out / "bon.png")
+        plot_bon(result, out / "bon.png")
         console.print(table(result))
         sc = result["timings"]["scoring"]
         console.print(f"{name}: {result['n_candidates']} candidates, {result['n_problems']} problems; "

@@ -1,6 +1,7 @@
 """Speed of step partitioning + the reasoning DAG on the shared MATH-500 candidates (issue 2 targets).
 
     python benchmarks/bench_pipeline.py [--shared ../shared/data] [--limit N] [--embedding-traces 8]
+                                        [--analyze-traces 200] [--baseline /tmp/baseline]
 
 1. Partition + heuristic DAG, streamed over all 4,500 candidates of
    skythought-math500/candidates.jsonl (some over 100k characters): median / p90 / p99 / max ms per trace,
@@ -8,7 +9,17 @@
    Targets: median < 20 ms, max < 1 s.
 2. The step-count distribution per model (docs/steps-and-dag.md quotes it; the aim is ~10-40 steps on a
    typical long trace).
-3. The embedding structurer on 30k-character traces (model load excluded and reported apart): the real
+3. Full ME² analysis (`thinkrm.analyze`: partition, heuristic DAG and all signals, no scorer) on the
+   longest traces of longcot-dev/*.jsonl and the MATH-500 candidates, with their prompts: ms per 30,000
+   characters (median / p90 / max over traces, each the best of `--repeats` runs), and a linearity check:
+   time per character of the longest quarter of those traces over that of the shortest quarter.
+   Target (issue 17): median <= 20 ms per 30k characters, and linear (ratio <= 1.5). With
+   `--baseline DIR` the same traces also run through an older copy of the package kept in
+   DIR/thinkrm_baseline, interleaved in this process, which gives the speed-up and checks that the signals,
+   findings and DAG are identical. Make such a copy with
+   `mkdir -p /tmp/baseline && git archive REV src/thinkrm | tar -x -C /tmp/baseline --strip-components=1
+   && mv /tmp/baseline/thinkrm /tmp/baseline/thinkrm_baseline`.
+4. The embedding structurer on 30k-character traces (model load excluded and reported apart): the real
    candidates longer than 25k characters cut to 30k, and 30k characters of the long "Wait, ..." reasoner
    (Sky-T1 27B traces joined), which has the densest steps. Target: < 1 s per trace on 2 cores.
 
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -96,6 +108,69 @@ def bench_heuristic(path: Path, limit: int | None) -> dict:
         "steps_by_model": {m: {"n": len(v), "p10": pct(v, 0.1), "median": statistics.median(v),
                                "p90": pct(v, 0.9), "max": max(v)} for m, v in sorted(steps_by_model.items())},
     }
+
+
+def longest_traces(shared: Path, n: int) -> list[tuple[str, str]]:
+    """(prompt, reasoning) of the n longest reasoning texts in longcot-dev and the MATH-500 candidates."""
+    paths = sorted((shared / "longcot-dev").glob("*.jsonl"))
+    paths.append(shared / "skythought-math500" / "candidates.jsonl")
+    items = []
+    for path in paths:
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    items.append((rec["prompt"], split_response(rec["response"])[0]))
+    items.sort(key=lambda it: -len(it[1]))
+    return items[:n]
+
+
+def _analysis_record(a) -> tuple:
+    return a.signals, a.size, [f.to_dict() for f in a.findings], a.dag.to_dict()
+
+
+def bench_analyze(shared: Path, n: int, repeats: int, baseline: Path | None) -> dict:
+    from thinkrm.me2 import analyze
+
+    runs = {"new": lambda p, t: analyze(t, prompt=p)}
+    if baseline is not None:
+        sys.path.insert(0, str(baseline))
+        import thinkrm_baseline.me2 as old_me2
+        import thinkrm_baseline.structurers as old_structurers
+
+        # The structurer object, not its name: the copy's registry still names the installed package.
+        runs["baseline"] = lambda p, t: old_me2.analyze(t, old_structurers.HeuristicStructurer(), prompt=p)
+    traces = longest_traces(shared, n)
+    for run in runs.values():
+        run("What is 2 + 3?", "Warm up.\n\nSo 2 + 3 = 5, compiled and loaded before timing.")
+    per_30k: dict[str, list[float]] = {k: [] for k in runs}
+    slowest: dict[str, tuple[float, int]] = {k: (0.0, 0) for k in runs}  # (ms, chars) of the slowest trace
+    same = 0
+    for prompt, text in traces:
+        records = {}
+        for name, run in runs.items():  # interleaved, so a busy machine slows both alike
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                a = run(prompt, text)
+                best = min(best, time.perf_counter() - t0)
+            per_30k[name].append(best * 1e3 * 30_000 / len(text))
+            slowest[name] = max(slowest[name], (best * 1e3, len(text)))
+            records[name] = _analysis_record(a)
+        same += len(records) == 1 or records["new"] == records["baseline"]
+    chars = [len(t) for _, t in traces]
+    order = sorted(range(len(traces)), key=chars.__getitem__)
+    q = max(1, len(order) // 4)
+    out = {"traces": len(traces), "median_chars": statistics.median(chars), "max_chars": max(chars),
+           "min_chars": min(chars), "identical": same if baseline is not None else None}
+    for name, v in per_30k.items():
+        short = statistics.median(v[i] for i in order[:q])
+        long = statistics.median(v[i] for i in order[-q:])
+        out[name] = {"median": statistics.median(v), "p90": pct(v, 0.9), "max": max(v),
+                     "max_chars": chars[max(range(len(v)), key=v.__getitem__)],
+                     "short_quarter": short, "long_quarter": long, "linearity": long / short,
+                     "slowest_ms": slowest[name][0], "slowest_chars": slowest[name][1]}
+    return out
 
 
 def long_traces(path: Path, n: int) -> list[tuple[str, str]]:
@@ -187,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch intra-op threads for the embedding part (default: torch's, = cores); "
                          "on a busy machine 1 avoids threads waiting on each other")
+    ap.add_argument("--analyze-traces", type=int, default=200,
+                    help="longest traces for the ME² part (0: skip)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per trace in the ME² part (the best counts)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="directory holding an older copy of the package as thinkrm_baseline, for comparison")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     path = args.shared / "skythought-math500" / "candidates.jsonl"
@@ -214,6 +295,28 @@ def main(argv: list[str] | None = None) -> dict:
     print("  steps per trace by model (p10 / median / p90 / max):")
     for model, s in h["steps_by_model"].items():
         print(f"    {model:55s} {s['p10']:>4} / {s['median']:>5} / {s['p90']:>4} / {s['max']:>4}")
+    if args.analyze_traces:
+        res["analyze"] = a = bench_analyze(args.shared, args.analyze_traces, args.repeats, args.baseline)
+        print(f"ME² analysis (partition + heuristic DAG + signals) on the {a['traces']} longest traces "
+              f"({a['min_chars']:,}-{a['max_chars']:,} chars, median {a['median_chars']:,.0f}), "
+              f"ms per 30,000 chars, best of {args.repeats}, load average {os.getloadavg()[0]:.1f}")
+        for name in ("baseline", "new"):
+            if name in a:
+                r = a[name]
+                print(f"  {name:8s} median {r['median']:.1f}  p90 {r['p90']:.1f}  max {r['max']:.1f} "
+                      f"({r['max_chars']:,} chars); shortest quarter {r['short_quarter']:.1f}, "
+                      f"longest quarter "
+                      f"{r['long_quarter']:.1f} (ratio {r['linearity']:.2f}); slowest trace "
+                      f"{r['slowest_ms']:.0f} ms ({r['slowest_chars']:,} chars)")
+        if "baseline" in a:
+            b, n = a["baseline"], a["new"]
+            print(f"  speed-up: median {b['median'] / n['median']:.2f}x, p90 {b['p90'] / n['p90']:.2f}x, "
+                  f"max {b['max'] / n['max']:.2f}x; outputs identical on {a['identical']}/{a['traces']} "
+                  "traces")
+        n = a["new"]
+        ok = n["median"] <= 20.0 and n["linearity"] <= 1.5
+        print(f"  target median <= 20 ms per 30k chars and linear (longest/shortest quarter <= 1.5): "
+              f"{'PASS' if ok else 'FAIL'}")
     if args.embedding_traces:
         res["embedding"] = e = bench_embedding(path, args.embedding_traces)
         import torch

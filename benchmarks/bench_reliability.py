@@ -18,7 +18,7 @@ The probes replay issue 16's findings, bounded in size and time so the whole run
   reports the statuses, the scorer calls the merged batch cost and good rows lost.
 * keep-alive after SIGTERM: a connection reused 0.3 s after SIGTERM, and 50 clients under load through a
   SIGTERM: requests sent before it answered 200, after it 503, and none reset.
-* memory: TRM-lite served 5 rounds of 1,000 varied requests; RSS after each round.
+* memory: TRM-lite served 10 rounds of 300 varied requests from 16 clients; RSS after each round.
 
     .venv/bin/python benchmarks/bench_reliability.py                  # all probes, ~3 min
     .venv/bin/python benchmarks/bench_reliability.py --only header slow
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import random
@@ -41,10 +42,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
-
 from bench_serve import STEPS, free_port, post_json, traces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,23 +56,20 @@ P = "User: what is the answer?\nAssistant:"
 class Server:
     """`thinkrm serve` in a subprocess; `nofile` caps its file descriptors (soft and hard)."""
 
-    def __init__(self, src: Path, scorer: str = "length", flags: tuple[str, ...] = (), nofile: int | None = None):
+    def __init__(self, src: Path, scorer: str = "length", flags: tuple[str, ...] = (),
+                 nofile: int | None = None):
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1")
-        env.pop("THINKRM_API_KEY", None)
-
-        def limit() -> None:
-            if nofile:
-                import resource
-
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", scorer,
-               "--host", HOST, "--port", str(self.port), *flags]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=limit)
+        # As a user starts it: torch and the tokenizer pick their own thread counts.
+        env = dict(os.environ, PYTHONPATH=str(src), HF_HUB_OFFLINE="1")
+        for name in ("THINKRM_API_KEY", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
+            env.pop(name, None)
+        code = "from thinkrm.cli import main; main()"
+        if nofile:  # set in the child itself: preexec_fn is unsafe once threads run
+            code = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile},) * 2); {code}"
+        cmd = [sys.executable, "-c", code, "serve", "--scorer", scorer, "--host", HOST,
+               "--port", str(self.port), *flags]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
@@ -90,10 +88,10 @@ class Server:
 
     def metric(self, name: str) -> float:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(found.group(1)) if found else 0.0
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -229,9 +227,10 @@ def probe_verifier(src: Path, items: int = 4) -> str:
             took[name] = time.perf_counter() - start
             took[name + " status"] = r.status_code
         thread.join()
-    return (f"verifier: {items} pathological labels took {took['evil']:.1f} s; meanwhile a 1-item /get_reward "
-            f"without labels took {took['without labels']:.2f} s ({took['without labels status']}), "
-            f"with labels {took['with labels']:.2f} s ({took['with labels status']})")
+    return (f"verifier: {items} pathological labels took {took['evil']:.1f} s; meanwhile a 1-item "
+            f"/get_reward without labels took {took['without labels']:.2f} s "
+            f"({took['without labels status']}), with labels {took['with labels']:.2f} s "
+            f"({took['with labels status']})")
 
 
 def probe_analysis(src: Path, requests: int = 6, seconds: float = 15.0) -> str:
@@ -259,7 +258,8 @@ def probe_analysis(src: Path, requests: int = 6, seconds: float = 15.0) -> str:
         latency = sampler.stop()
         answered = {s: statuses.count(s) for s in set(statuses)}
     return (f"analysis: {requests} x {len(body) / 1e6:.1f} MB /score with analysis; 1-item /get_reward "
-            f"meanwhile ({seconds:.0f} s): {latency}; analysis answers within the window: {answered or 'none'}")
+            f"meanwhile ({seconds:.0f} s): {latency}; analysis answers within the window: "
+            f"{answered or 'none'}")
 
 
 def probe_bad_inputs(server: Server) -> str:
@@ -301,25 +301,25 @@ def probe_bad_inputs(server: Server) -> str:
 
 def probe_keep_alive(src: Path) -> str:
     with Server(src) as server:
-        sock = socket.create_connection((HOST, server.port))
-        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-        sock.sendall(request)
-        first = sock.recv(4096).split(b" ", 2)[1].decode()
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=10)  # one keep-alive connection
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        first.read()
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        sock.settimeout(10)
         try:
-            sock.sendall(request)
-            head = sock.recv(4096)
-            second = head.split(b" ", 2)[1].decode() if head else "closed without an answer"
-            if b"connection: close" in head.lower():
-                second += " + Connection: close"
-        except OSError as e:
+            conn.request("GET", "/health")
+            again = conn.getresponse()
+            again.read()
+            second = f"{again.status}" + (" + Connection: close" if again.will_close else "")
+        except (OSError, http.client.HTTPException) as e:
             second = type(e).__name__
-        sock.close()
+        conn.close()
         server.proc.wait(timeout=60)
+        first = first.status
     with Server(src) as server:
         sent_before, answers = _load_through_sigterm(server)
+
     def tally(rows: list) -> str:
         counts: dict[str, int] = {}
         for _, status in rows:
@@ -369,30 +369,38 @@ def _load_through_sigterm(server: Server, clients: int = 50, signal_at: float = 
     return asyncio.run(run()), answers
 
 
-def probe_memory_and_bad_inputs(src: Path, rounds: int = 5) -> list[str]:
+def probe_memory_and_bad_inputs(src: Path, rounds: int = 10, per_round: int = 300) -> list[str]:
     with Server(src, scorer="lite", flags=("--max-wait-ms", "50")) as server:
         lines = [probe_bad_inputs(server)]
         rss = []
         for r in range(rounds):
-            rng = random.Random(r)
-            texts = [f"{'Given the setup above, ' * rng.randint(0, 6)}{t}"
-                     for t in traces(1000, seed=100 + r, steps=(1, rng.choice([8, 24])))]
-            asyncio.run(_load_texts(server.port, texts, clients=50))
+            asyncio.run(_load_texts(server.port, varied_requests(per_round, seed=100 + r), clients=16))
             rss.append(server.rss_mib())
-        growth = (rss[-1] - rss[min(2, len(rss) - 1)]) / rss[min(2, len(rss) - 1)] * 100
-        lines.append(f"memory (lite, {rounds} x 1,000 requests): RSS per round "
-                     f"{', '.join(f'{x:.0f}' for x in rss)} MiB; last vs round 3: {growth:+.1f}%")
+        third = rss[min(2, len(rss) - 1)]
+        lines.append(f"memory (lite, {rounds} x {per_round} requests): RSS per round "
+                     f"{', '.join(f'{x:.0f}' for x in rss)} MiB; last vs round 3: "
+                     f"{(rss[-1] / third - 1) * 100:+.1f}%")
     return lines
 
 
-async def _load_texts(port: int, texts: list[str], clients: int) -> None:
-    queue = list(reversed(texts))
+def varied_requests(n: int, seed: int) -> list[str]:
+    """`n` traces of 1-40 steps with prompts of varied length, one per request: from a few concurrent
+    clients every merged scorer call has a new shape, the traffic under which a model server's heap
+    fragments (a fixed shape reuses the same blocks)."""
+    rng = random.Random(seed)
+    return [f"{'Given the setup above, ' * rng.randint(0, 12)}{t}"
+            for i in range(n) for t in traces(1, seed=seed * 100_000 + i, steps=(1, rng.choice([4, 12, 40])))]
+
+
+async def _load_texts(port: int, requests: list[str], clients: int) -> None:
+    queue = list(reversed(requests))
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
             while queue:
-                await post_json(reader, writer, HOST, "/v1/embeddings", json.dumps({"input": queue.pop()}).encode())
+                payload = json.dumps({"input": queue.pop()}).encode()
+                await post_json(reader, writer, HOST, "/v1/embeddings", payload)
         finally:
             writer.close()
 

@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("bench_hf_scorer.py", False, []),
     ("bench_train.py", False, []),
     ("bench_serve.py", False, []),
+    ("bench_reliability.py", False, []),
     ("bench_llm_structure.py", True, []),
     ("bench_lite.py", True, []),
     ("bench_bon.py", True, ["--scorer", "lite"]),

@@ -186,6 +186,78 @@ def test_parsed_feature_cache_is_reused_until_the_featurising_code_changes(tmp_p
     assert len(calls) == 2 and np.array_equal(again[0][2], first[0][2])
 
 
+def test_parsed_cache_reads_back_what_was_parsed(tmp_path):
+    import thinkrm.lite as lite
+
+    cfg = LiteConfig(max_segments=4)
+    items = [Item("Add 2 and 3.", "2 + 3 = 5.\n\nSo the answer is 5."), Item("Σ?", "é ∑ \ud800 done."),
+             Item("Q", "one segment")]
+    fresh = lite.Embedder().parsed_items(items, cfg, lite._parse)
+    lite.Embedder(tmp_path).parsed_items(items, cfg, lite._parse)
+    read = lite.Embedder(tmp_path).parsed_items(items, cfg, lambda *a: pytest.fail("parsed again"))
+    for (texts, pos, glob), (t2, p2, g2) in zip(fresh, read):
+        assert texts == t2 and np.array_equal(pos, p2) and np.array_equal(glob, g2) and p2.dtype == np.float32
+
+
+class _Payload:
+    """Unpickling this makes a folder: proof that loading a cache file ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_a_planted_pickle_in_the_cache_never_runs(tmp_path):
+    import pickle
+
+    import thinkrm.lite as lite
+
+    cache, marker = tmp_path / "cache", tmp_path / "pwned"
+    cache.mkdir(mode=0o700)
+    # The old shard format, under the name the old code loaded, is not read at all.
+    (cache / f"parsed_{lite._parse_code_version()}-0.pkl").write_bytes(pickle.dumps({b"k": _Payload(marker)}))
+    lite.Embedder(cache).parsed_items([Item("Q", "A.")], LiteConfig(max_segments=4), lite._parse)
+    assert not marker.exists()
+    # An npz whose arrays are pickled objects is refused, naming the file, without unpickling them.
+    with open(cache / "emb-1.npz", "wb") as f:
+        np.savez(f, keys=np.array([_Payload(marker)], dtype=object), vecs=np.zeros((1, 384)))
+    with pytest.raises(InputError, match=r"emb-1.npz: not a TRM-lite cache shard .*delete the file"):
+        lite.Embedder(cache)
+    assert not marker.exists()
+
+
+def test_the_cache_folder_is_private_to_its_user(tmp_path, monkeypatch):
+    import os
+
+    import thinkrm.lite as lite
+
+    monkeypatch.delenv("THINKRM_LITE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert lite.default_cache_dir() == tmp_path / "xdg" / "thinkrm" / "lite"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert lite.default_cache_dir() == tmp_path / "home" / ".cache" / "thinkrm" / "lite"
+    monkeypatch.setenv("THINKRM_LITE_CACHE", str(tmp_path / "chosen"))
+    assert lite.default_cache_dir() == tmp_path / "chosen"
+
+    made = lite.Embedder(tmp_path / "home" / ".cache" / "thinkrm" / "lite").cache_dir
+    assert made.is_dir() and made.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # e.g. a predictable folder under /tmp that another user created first
+    with pytest.raises(ValueError, match="shared: the TRM-lite cache folder is writable by other users"):
+        lite.Embedder(shared)
+    shared.chmod(0o700)
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)
+    with pytest.raises(ValueError, match=f"belongs to another user \\(uid {me}\\)"):
+        lite.Embedder(shared)
+
+
 def test_invalid_config_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="invalid TRM-lite config"):
         LiteConfig(ensemble=0)
@@ -224,8 +296,7 @@ def test_train_lite_on_user_pairs_is_reproducible(tmp_path):
             for i in range(20)]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = dict(config=LiteConfig(max_segments=8, hidden=8, ensemble=2), cache_dir=tmp_path / "cache", epochs=5,
-               show_progress=False)
+    cfg = dict(config=LiteConfig(max_segments=8, hidden=8, ensemble=2), cache_dir=tmp_path / "cache", epochs=5)
     res = train_lite(str(pairs), tmp_path / "m1", None, 0, **cfg)
     train_lite(str(pairs), tmp_path / "m2", None, 0, **cfg)
     assert (tmp_path / "m1" / "model.safetensors").read_bytes() == (tmp_path / "m2" / "model.safetensors").read_bytes()

@@ -338,3 +338,86 @@ def test_long_real_traces_are_fast(shared_data):
         analyze(t)
         times.append(time.process_time() - t0)
     assert statistics.median(times) < 0.020 and max(times) < 1.0
+
+
+# One phrase per alternative of each pattern that opens with a first-letter lookahead (a speed-up): the
+# lookahead must let every alternative through, in any letter case.
+_PHRASES = {
+    "_FILLER": "hmm um uh okay so ok so alright let me think let me see you know basically i mean kind of sort of "
+               "i guess just to be sure anyway so yeah well,",
+    "_UNSUPPORTED": "obviously clearly trivially it is easy to see that it's clear that it is well-known it's well "
+                    "known definitely certainly undoubtedly unquestionably evidently without a doubt no doubt for "
+                    "sure it is certain guaranteed",
+    "_RECHECK": "again once more recheck recalculated re-verify recap revisited recapitulating confirmed let me "
+                "verify let's verify let us verify we can verify i can verify i'll verify we'll verify i will verify "
+                "we will verify now verify quickly verify and verify then verify also verify verified verifying "
+                "verification double-check cross check to ensure to make sure to be certain before proceeding "
+                "before moving on",
+    "_CORRECTION": "no, that's wrong. that is incorrect. i made a mistake. i miscalculated. my mistake. oops. "
+                   "scratch that. wait, no. that can't be right.",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PHRASES))
+def test_first_letter_lookaheads_change_no_match(name):
+    import re
+
+    from thinkrm import me2
+
+    pattern = getattr(me2, name)
+    plain = re.compile(re.sub(r"^\(\?=\[[^\]]*\]\)", "", pattern.pattern), pattern.flags)
+    assert plain.pattern != pattern.pattern
+    for text in (_PHRASES[name], _PHRASES[name].upper(), _PHRASES[name].title()):
+        spans = [m.span() for m in pattern.finditer(text)]
+        assert spans == [m.span() for m in plain.finditer(text)]
+        assert len(spans) >= 9  # the phrases do match
+
+
+def test_stated_numbers_are_the_numbers_restricted_to_the_values_asked_for():
+    from thinkrm.me2 import _numbers, _stated
+
+    text = "Twelve eggs, a DOZEN boxes, 1,500 cents, 3.5 km and twice 7; x2 and v1.5 are not numbers."
+    assert _numbers(text) == {12.0, 1500.0, 3.5, 2.0, 7.0}
+    for values in ({12.0}, {2.0, 99.0}, {0.25, 1500.0}, set()):
+        assert _stated(text, values) == _numbers(text) & values
+
+
+def test_case_traps_are_every_character_that_lowering_or_ignorecase_treats_differently():
+    """The lowercased-text scans are exact only if `_CASE_TRAPS` lists every non-ASCII character whose lower
+    case changes length, becomes ASCII or changes word/space class, or that matches an ASCII letter under
+    re.IGNORECASE; derived here from this Python's Unicode tables."""
+    import re
+
+    from thinkrm.me2 import _CASE_TRAPS
+
+    letter = re.compile("[a-z]", re.IGNORECASE)
+
+    def word(c: str) -> bool:
+        return c.isalnum() or c == "_"
+
+    traps = set()
+    for cp in range(128, 0x110000):
+        c = chr(cp)
+        if 0xD800 <= cp < 0xE000:
+            continue
+        low = c.lower()
+        if (len(low) != 1 or low.isascii() or letter.fullmatch(c) or word(low) != word(c)
+                or low.isspace() != c.isspace()):
+            traps.add(c)
+    assert traps == set(_CASE_TRAPS.pattern[1:-1])
+
+
+def test_phrase_scans_agree_on_lowered_and_original_text():
+    import re
+
+    from thinkrm.dag import build_dag
+    from thinkrm.me2 import _CASED, _Analyzer
+
+    for pattern in _CASED:
+        assert not re.search("[A-Z]", pattern.pattern.replace("\\b", "")), "the fast scan needs lower case"
+    for trap in ("", " \u017fcratch that, \u0130 mean"):  # with a trap character the original text is scanned
+        text = _PHRASES["_RECHECK"].title() + ". " + _PHRASES["_CORRECTION"].upper() + trap
+        a = _Analyzer(build_dag(text), None)
+        assert (a._lowered is None) == bool(trap)
+        for pattern in _CASED:
+            assert a.phrases(pattern) == [m.span() for m in pattern.finditer(text)]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,9 +26,11 @@ from thinkrm.formatting import Item, format_input
 from thinkrm.rewards import gated, sigmoid
 from thinkrm.scoring import LengthScorer
 from thinkrm.serve import ServeConfig, running, split_formatted
+from thinkrm.verifiers import Verifier, VerifierReport
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {"content-type": "application/json"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,6 +54,15 @@ class RecordingScorer(LengthScorer):
         if any("POISON" in it.reasoning for it in items):
             raise RuntimeError("model choked on a poisoned input")
         time.sleep(self.delay)
+        return super().score(items)
+
+
+class RefusesSurrogates(RecordingScorer):
+    """Fails the whole call on text that is not valid Unicode, as a Rust tokenizer (TRM-lite's) does."""
+
+    def score(self, items):
+        for it in items:
+            (it[0] + it[1]).encode("utf-8")  # UnicodeEncodeError on a lone surrogate
         return super().score(items)
 
 
@@ -155,6 +170,75 @@ def test_get_reward_checks_answers_with_the_configured_verifier():
     assert bad.exit_code == 2 and "unknown verifier spec" in bad.output
 
 
+class StuckVerifier(Verifier):
+    """A verifier that hangs until released: what a pathological answer did to math-verify."""
+
+    spec = "stuck"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def _verify(self, responses, golds, prompts):
+        self.release.wait(60)
+        return VerifierReport(results=[True] * len(responses))
+
+
+def _wait_for_metric(client: httpx.Client, line: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in client.get("/metrics").text:
+        assert time.monotonic() < deadline, f"never saw {line!r}"
+        time.sleep(0.02)
+
+
+def test_stuck_verification_fills_only_its_own_queue_then_gets_503_retry_after():
+    verifier = StuckVerifier()
+    prompt = "User: 2+3?\nAssistant:"
+    labelled = {"query": [prompt + " 5</think> \\boxed{5}"], "prompts": [prompt], "labels": ["5"]}
+    config = ServeConfig(port=0, verifier=verifier, verify_queue=2)
+    with running(RecordingScorer(), config) as url, httpx.Client(base_url=url, timeout=60) as client, \
+            ThreadPoolExecutor(2) as pool:
+        try:
+            stuck = [pool.submit(client.post, "/get_reward", json=labelled) for _ in range(2)]
+            _wait_for_metric(client, 'thinkrm_work_queued{kind="verify"} 2')
+            full = client.post("/get_reward", json=labelled)
+            assert full.status_code == 503 and full.headers["retry-after"] == "1"
+            assert "--verify-queue" in full.json()["detail"]
+            # The scoring path, and /get_reward without labels, do not wait for the verifier.
+            start = time.perf_counter()
+            unlabelled = {k: labelled[k] for k in ("query", "prompts")}
+            for path, payload in [("/get_reward", unlabelled), ("/v1/embeddings", {"input": "p\nq"}),
+                                  ("/score", {"items": [{"prompt": "p", "response": "r"}]})]:
+                assert client.post(path, json=payload).status_code == 200, path
+            assert time.perf_counter() - start < 5
+        finally:
+            verifier.release.set()
+        assert [f.result().json()["scores"] for f in stuck] == [[1.0], [1.0]]
+        metrics = client.get("/metrics").text
+    assert 'thinkrm_work_rejected_total{kind="verify"} 1' in metrics
+    assert 'thinkrm_work_queued{kind="verify"} 0' in metrics
+
+
+@pytest.mark.slow  # the analysis worker process starts on first use (~1-2 s)
+def test_analysis_runs_in_its_own_bounded_queue():
+    # ~0.5 MB of steps for the ME² analysis: seconds of pure-Python work, held in the one analysis process.
+    trace = "\n\n".join(f"Wait, let me check: {i} + {i} = {2 * i}." for i in range(12_000))
+    heavy = {"items": [{"prompt": "p", "response": trace}], "analysis": True}
+    config = ServeConfig(port=0, analysis_queue=1, max_chars=1_000_000, max_body_bytes=2_000_000)
+    with running(RecordingScorer(), config) as url, httpx.Client(base_url=url, timeout=120) as client, \
+            ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/score", json=heavy)
+        _wait_for_metric(client, 'thinkrm_work_queued{kind="analysis"} 1')
+        full = client.post("/score", json={"items": [{"prompt": "p", "response": "r"}], "analysis": True})
+        assert full.status_code == 503 and full.headers["retry-after"] == "1"
+        assert "--analysis-queue" in full.json()["detail"]
+        plain = client.post("/score", json={"items": [{"prompt": "p", "response": "abc"}]})
+        assert plain.status_code == 200 and plain.json() == {"scores": [-3.0]}
+        assert 'thinkrm_work_queued{kind="analysis"} 1' in client.get("/metrics").text  # still analysing
+        done = first.result()
+    assert done.status_code == 200, done.text
+    assert done.json()["analyses"][0]["micro_effectiveness"]["arithmetic_checked"] > 0
+
+
 def test_score_protocol_scores_reasoning_and_returns_analysis_on_request(server):
     client, _ = server
     items = [{"prompt": "What is 2+3?", "response": "2 + 3 = 5.\n\nWait, let me check: 2 + 3 = 6.</think>5"},
@@ -207,7 +291,12 @@ def test_limits_answer_413_or_422_naming_the_limit(server):
 
 @pytest.mark.parametrize("content, fragment", [
     (b'{"items": [', "malformed JSON"),
-    (b'{"items": [{"prompt": "p", "response": "\xff\xfe"}]}', "not valid UTF-8"),
+    (b'{"items": [{"prompt": "p", "response": "\xff\xfe"}]}', "items[0].response is not valid UTF-8"),
+    (b'{"items": [{"prompt": "p", "response": "a\\ud800b"}]}', "items[0].response contains a lone surrogate"),
+    (b'{"items": [{"prompt": "a\\u0000", "response": "r"}]}', "items[0].prompt contains a NUL character"),
+    (b'{"items": [{"prompt": "p", "response": "r"}], "analysis": "yes"}', "analysis: Input should be"),
+    (b'{"items": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nests JSON deeper than the parser allows"),
+    (b'{"items": ' + b"[" * 500 + b"]" * 500 + b"}", "items[0]: Input should be a valid dictionary"),
     (b'{"items": "not a list"}', "items: Input should be a valid list"),
     (b'{"items": [{"prompt": 3, "response": "r"}]}', "items[0].prompt: Input should be a valid string"),
     (b'{"items": [{"prompt": "p"}]}', "items[0].response: Field required"),
@@ -219,10 +308,48 @@ def test_limits_answer_413_or_422_naming_the_limit(server):
 def test_bad_inputs_get_a_4xx_message_and_the_server_keeps_serving(server, content, fragment):
     client, _ = server
     r = client.post("/score", content=content, headers={"content-type": "application/json"})
-    assert 400 <= r.status_code < 500, r.text
+    assert r.status_code == 422, r.text  # every bad body is a 422, as docs/serving.md documents
     assert fragment in r.json()["detail"]
     ok = client.post("/score", json={"items": [{"prompt": "p", "response": "abc"}]})
     assert ok.status_code == 200 and ok.json()["scores"] == [-3.0]
+
+
+def test_bad_text_is_refused_on_every_route_naming_the_field_before_any_scoring(server):
+    client, scorer = server
+    calls = len(scorer.calls)
+    cases = [("/v1/embeddings", {"input": ["ok\nfine", "p\nbad \ud800"]}, "input[1] contains a lone"),
+             ("/classify", {"input": "p\n\udfff"}, "input[0] contains a lone surrogate"),
+             ("/get_reward", {"query": ["a\nb\x00"]}, "query[0] contains a NUL character"),
+             ("/get_reward", {"query": ["Q: \ud83dx"], "prompts": ["Q: \ud83dx"]}, "query[0] contains"),
+             ("/get_reward", {"query": ["Q\nr"], "prompts": ["Q"], "labels": ["\ud800"]}, "labels[0]"),
+             ("/classify", {"input": "p\nq", "use_activation": "yes"}, "use_activation: Input should be")]
+    for path, payload, fragment in cases:
+        # json.dumps escapes the surrogate as \ud800, as a client's encoder does; the JSON is valid.
+        r = client.post(path, content=json.dumps(payload), headers=JSON)
+        assert r.status_code == 422 and fragment in r.json()["detail"], (path, r.text)
+    plain = client.post("/score", content=b'{"items": [{"prompt": "p", "response": "r"}]}',
+                        headers={"content-type": "text/plain"})
+    assert plain.status_code == 422 and "application/json" in plain.json()["detail"]
+    # An emoji arrives as a surrogate *pair* escape and is one valid character: scored, not refused.
+    ok = client.post("/v1/embeddings", content=json.dumps({"input": "p\n\U0001F600"}), headers=JSON)
+    assert ok.status_code == 200 and ok.json()["data"][0]["embedding"] == [-1.0]
+    assert len(scorer.calls) == calls + 1  # none of the refused texts reached the scorer
+
+
+def test_a_lone_surrogate_never_makes_the_batcher_rescore_a_merged_batch():
+    """What TRM-lite did: its tokenizer raised on the surrogate, the merged call failed, and every request
+    in it was scored again alone (63 good requests, 63 extra calls). Now it is refused before queueing."""
+    scorer = RefusesSurrogates(delay=0.05)
+    texts = [f"p\ngood {i}" for i in range(15)] + ["p\nbad \ud800"]
+    with running(scorer, ServeConfig(port=0, max_wait_ms=50)) as url, httpx.Client(base_url=url) as client:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            # json.dumps escapes the surrogate (httpx's own encoder would refuse to send it)
+            results = list(pool.map(lambda t: client.post("/v1/embeddings", content=json.dumps({"input": t}),
+                                                          headers=JSON), texts))
+        errors = client.get("/metrics").text
+    assert [r.status_code for r in results] == [200] * 15 + [422]
+    assert sum(scorer.calls) == 15 and len(scorer.calls) <= 5, scorer.calls  # merged, never retried alone
+    assert "thinkrm_scorer_errors_total 0" in errors
 
 
 def test_wrong_types_on_every_protocol(server):
@@ -279,6 +406,19 @@ def test_a_failing_input_fails_only_its_own_request():
     assert 'thinkrm_requests_total{route="/v1/embeddings",status="500"} 1' in metrics
 
 
+def test_a_failing_merged_batch_is_retried_in_halves_not_request_by_request():
+    scorer = RecordingScorer()
+    texts = [f"p\nfine {i}" for i in range(16)]
+    texts[11] = "p\nPOISON"
+    with running(scorer, ServeConfig(port=0, max_wait_ms=300)) as url, httpx.Client(base_url=url) as client:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            results = list(pool.map(lambda t: client.post("/v1/embeddings", json={"input": t}), texts))
+    assert [r.status_code for r in results] == [200] * 11 + [500] + [200] * 4
+    assert sum(scorer.calls[1:]) >= 16  # the merged call failed and everything was scored again
+    # One merged call, then halves: 8+8, 4+4, 2+2, 1+1 around the poison = 9 calls; one at a time was 17.
+    assert len(scorer.calls) <= 10, scorer.calls
+
+
 def test_metrics_are_prometheus_text(server):
     client, _ = server
     client.post("/score", json={"items": [{"prompt": "p", "response": "r"}]})
@@ -330,6 +470,28 @@ def test_config_rejects_nonsense_naming_the_flag():
         ServeConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="--alpha"):
         ServeConfig(alpha=1.5)
+    for field, value in [("max_header_bytes", 100), ("header_timeout_s", 0), ("body_timeout_s", -1),
+                         ("keep_alive_timeout_s", 0), ("max_connections", 0), ("verify_queue", 0),
+                         ("analysis_queue", 0), ("analysis_workers", 0), ("score_queue_items", 0)]:
+        with pytest.raises(ValueError, match=f"--{field.replace('_', '-')}"):
+            ServeConfig(**{field: value})
+
+
+def test_a_full_scorer_queue_answers_503_with_retry_after():
+    scorer = RecordingScorer(delay=0.2)
+    config = ServeConfig(port=0, max_batch_size=2, max_wait_ms=0, score_queue_items=4)
+    with running(scorer, config) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda i: client.post("/v1/embeddings", json={"input": f"p\n{i}"}),
+                                    range(12)))
+        metrics = client.get("/metrics").text
+    full = [r for r in results if r.status_code == 503]
+    # At most 4 items wait while the scorer works: the rest are turned away at once, not queued.
+    assert 0 < len(full) < 12
+    assert all(r.headers["retry-after"] == "1" and "--score-queue-items" in r.json()["detail"] for r in full)
+    assert all(r.status_code in (200, 503) for r in results)
+    assert sum(scorer.calls) == 12 - len(full)
+    assert f'thinkrm_work_rejected_total{{kind="score"}} {len(full)}' in metrics
 
 
 def test_api_key_comes_from_the_environment(monkeypatch):
@@ -388,14 +550,25 @@ serve(ServeConfig(port=0, graceful_timeout_s=20), Slow(), on_ready=lambda url: p
 """
 
 
-@pytest.mark.slow
-def test_sigterm_lets_in_flight_requests_finish_and_turns_new_ones_away():
+@contextmanager
+def server_process(code: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run `code` (which serves and prints its URL) in a subprocess; yields the process and the URL."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SERVER], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_lets_in_flight_requests_finish_and_turns_new_ones_away():
+    with server_process(SLOW_SERVER) as (proc, url):
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.post, "/score",
                                     json={"items": [{"prompt": "p", "response": "abcd"}]})
@@ -417,10 +590,152 @@ def test_sigterm_lets_in_flight_requests_finish_and_turns_new_ones_away():
         assert proc.returncode in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+def _http(sock: socket.socket, request: bytes) -> bytes:
+    """Send one request on a raw connection and read its whole response."""
+    sock.sendall(request)
+    return _read_response(sock)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response (head and body; they may arrive in separate segments), or what came before EOF."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _content_length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _content_length(data: bytes) -> int:
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    return next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                 if line.startswith(b"content-length:")), 0)
+
+
+@pytest.mark.slow
+def test_a_keep_alive_connection_reused_after_sigterm_gets_503_not_a_reset():
+    """Nothing in flight, so the server used to exit at once and a client reusing its idle keep-alive
+    connection was reset; the server now waits for open connections (up to --keep-alive-timeout-s)."""
+    code = ("from thinkrm.scoring import LengthScorer\nfrom thinkrm.serve import ServeConfig, serve\n"
+            "serve(ServeConfig(port=0, keep_alive_timeout_s=3), LengthScorer(), "
+            "on_ready=lambda url: print(url, flush=True))")
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with server_process(code) as (proc, url), socket.create_connection(_address(url), timeout=10) as sock:
+        assert _http(sock, request).startswith(b"HTTP/1.1 200")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        again = _http(sock, request)
+        assert again.startswith(b"HTTP/1.1 503"), again
+        assert b"connection: close" in again.lower() and b"retry-after: 1" in again.lower()
+        assert sock.recv(100) == b""  # and then the server closes it, as it said
+        proc.wait(timeout=15)  # no connection left: it exits without waiting for the graceful timeout
+
+
+@pytest.mark.slow
+def test_a_connection_answered_before_its_body_came_still_closes_when_idle():
+    """uvicorn cancels its keep-alive timer on any data, so a body arriving after its 401 left the connection
+    open forever (and a draining server waiting for it)."""
+    config = ServeConfig(port=0, api_key=KEY, keep_alive_timeout_s=0.5)
+    with running(LengthScorer(), config) as url, socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        assert _read_response(sock).startswith(b"HTTP/1.1 401")
+        sock.sendall(b"{}")
+        start = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the server once idle for --keep-alive-timeout-s
+        assert time.monotonic() - start < 5
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+HOSTILE_SERVER = """
+import resource
+# 192 descriptors in all, as a small container might allow: 64 connections after the server's reserve.
+resource.setrlimit(resource.RLIMIT_NOFILE, (192, 192))
+from thinkrm.scoring import LengthScorer
+from thinkrm.serve import ServeConfig, serve
+config = ServeConfig(port=0, header_timeout_s=2, body_timeout_s=2, max_header_bytes=16384)
+serve(config, LengthScorer(), on_ready=lambda url: print(url, flush=True))
+"""
+
+
+def _stream_until_answered(sock: socket.socket, first: bytes, piece: bytes, most: int) -> bytes:
+    """Send `first`, then `piece` up to `most` times, until the server answers; returns its answer.
+
+    Waiting for readability between pieces keeps the client from writing into a connection the server has
+    closed (which would reset it and lose the answer)."""
+    sock.sendall(first)
+    for _ in range(most):
+        if select.select([sock], [], [], 0.05)[0]:
+            break
+        sock.sendall(piece)
+    sock.settimeout(10)
+    return _read_response(sock)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed `sock` (after an answer or not); its data is already here if so."""
+    sock.settimeout(0.05)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+@pytest.mark.slow
+def test_slow_and_oversized_clients_do_not_cost_ordinary_requests_their_latency():
+    """300 half-sent requests (more than the server has descriptors for), oversized headers and a stalled
+    body: ordinary requests, each on a new connection, keep succeeding at about their quiet latency. Before
+    the limits, the held connections used up the descriptors and every ordinary request failed."""
+    body = {"items": [{"prompt": "p", "response": "abc"}]}
+
+    def ordinary_p50(url: str, n: int = 15) -> float:
+        latencies = []
+        for _ in range(n):
+            start = time.perf_counter()
+            r = httpx.post(f"{url}/score", json=body, timeout=10)
+            assert r.status_code == 200 and r.json() == {"scores": [-3.0]}
+            latencies.append(time.perf_counter() - start)
+        return sorted(latencies)[n // 2]
+
+    with server_process(HOSTILE_SERVER) as (_, url):
+        address = _address(url)
+        quiet = ordinary_p50(url)
+        slow = []
+        for _ in range(300):
+            s = socket.create_connection(address, timeout=10)
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")  # no end
+            slow.append(s)
+        stalled = socket.create_connection(address, timeout=10)
+        stalled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"items\"")
+        hostile = ordinary_p50(url)
+        with socket.create_connection(address) as whole, socket.create_connection(address) as streamed:
+            # A whole head over the limit, and one still growing: the second is cut off while it streams.
+            whole.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            assert _read_response(whole).startswith(b"HTTP/1.1 431")
+            answer = _stream_until_answered(streamed, b"GET /health HTTP/1.1\r\nX-Big: ", b"a" * 4096, 256)
+            assert answer.startswith(b"HTTP/1.1 431") and b"--max-header-bytes" in answer
+        stalled.settimeout(10)
+        late = _read_response(stalled)
+        assert late.startswith(b"HTTP/1.1 408") and b"--body-timeout-s" in late
+        time.sleep(2.5)  # past --header-timeout-s: every slow client has been answered or closed
+        held = sum(not _closed_by_server(s) for s in slow)
+        for s in slow + [stalled]:
+            s.close()
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert held == 0
+    assert quiet < 1 and hostile < 5 * quiet + 0.1, (quiet, hostile)
+    for reason in ("idle_evicted", "header_timeout", "header_too_large"):
+        assert f'thinkrm_connections_closed_total{{reason="{reason}"}}' in metrics, reason
 
 
 @pytest.mark.slow
@@ -446,3 +761,42 @@ def test_thinkrm_serve_command_end_to_end():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+LITE_SERVER = """
+from thinkrm.serve import ServeConfig, serve
+serve(ServeConfig(scorer="lite", port=0), on_ready=lambda url: print(url, flush=True))
+"""
+STEPS = ["Let me compute 12 + 30 = 42.", "Wait, that is wrong. Actually 7 * 8 = 56, not 54.",
+         "Alternatively, factor x^2 - 5x + 6 = (x - 2)(x - 3).", "Hmm, let me verify: 3 + 3 = 6.",
+         "So the sum of the digits 1 2 3 4 5 6 7 8 9 0 is 45.", "Seconds in 7.8 minutes: 60 * 7.8 = 468."]
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")
+def test_a_long_running_lite_server_reaches_a_memory_plateau():
+    """Rounds of varied traffic (traces of 1-40 steps, prompts of varied length, so every scorer call has a
+    new shape): RSS after round 10 within 10% of round 3. The model's heap used to keep what each shape
+    freed; the server now hands free heap pages back (serve._HeapTrimmer)."""
+    import random
+
+    rng = random.Random(0)
+
+    def request(i: int) -> dict:
+        steps = "\n\n".join(rng.choice(STEPS) for _ in range(rng.randint(1, rng.choice([4, 12, 40]))))
+        return {"input": f"{'Given the setup above, ' * rng.randint(0, 12)}Problem {i}: find it.\n{steps}"}
+
+    rss = []
+    with server_process(LITE_SERVER) as (proc, url), httpx.Client(base_url=url, timeout=120) as client, \
+            ThreadPoolExecutor(16) as pool:
+        for r in range(10):
+            bodies = [request(r * 1000 + i) for i in range(300)]
+            statuses = list(pool.map(lambda b: client.post("/v1/embeddings", json=b).status_code, bodies))
+            assert statuses == [200] * len(bodies)
+            rss.append(_rss_mib(proc.pid))
+    assert rss[9] <= 1.10 * rss[2], [round(x) for x in rss]

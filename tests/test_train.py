@@ -467,21 +467,26 @@ def test_cli_arch_lite_dispatches_to_train_lite(tmp_path, monkeypatch):
 
     import thinkrm.lite
     from thinkrm.cli import app
+    from thinkrm.cli.common import progress
 
     calls = []
-    monkeypatch.setattr(thinkrm.lite, "train_lite", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr(thinkrm.lite, "train_lite", lambda *a, **kw: calls.append((a, kw)) or {})
     result = CliRunner().invoke(
         app,
         ["train", "--arch", "lite", "--shared", str(tmp_path), "-o", str(tmp_path / "lite"), "--seed", "3"],
     )
     assert result.exit_code == 0, result.output
-    assert calls == [(None, str(tmp_path / "lite"), str(tmp_path), 3)]
+    # The library draws no progress bar itself: the CLI hands it its own.
+    assert calls == [((None, str(tmp_path / "lite"), str(tmp_path), 3), {"progress": progress})]
 
 
-def test_python_dash_m_entry_point():
-    # `accelerate launch -m thinkrm.train` runs the module; it must expose the same flags as `thinkrm train`.
+@pytest.mark.parametrize("module", ["thinkrm.cli.train", "thinkrm.train"])
+def test_python_dash_m_entry_point(module):
+    # `accelerate launch -m thinkrm.cli.train` runs the module on every rank; it must expose the same flags as
+    # `thinkrm train` without importing the other commands (the server stack). `thinkrm.train` is the older
+    # spelling and still works.
     proc = subprocess.run(
-        [sys.executable, "-m", "thinkrm.train", "--help"],
+        [sys.executable, "-X", "importtime", "-m", module, "--help"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -489,6 +494,10 @@ def test_python_dash_m_entry_point():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--center-rewards-coefficient" in proc.stdout and "--lora" in proc.stdout
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "thinkrm.cli.common" in imported  # the listing is read right
+    assert not imported & {"thinkrm.serve", "thinkrm.cli.serve", "thinkrm.cli.score"}
 
 
 @pytest.mark.slow
@@ -504,7 +513,7 @@ def test_two_process_launch_trains_once_and_saves_once(tmp_path, tiny_reward_mod
             "2",
             "--cpu",
             "-m",
-            "thinkrm.train",
+            "thinkrm.cli.train",
             str(pairs),
             "--base",
             f"hf:{tiny_reward_model}",

@@ -38,6 +38,7 @@ _EXPORTS = {
     "format_input": "thinkrm.formatting",
     "Scorer": "thinkrm.scoring",
     "load_scorer": "thinkrm.scoring",
+    "checked_scores": "thinkrm.scoring",
     "Pair": "thinkrm.pairs",
     "load_pairs": "thinkrm.pairs",
     "evaluate_pairs": "thinkrm.evaluate",
@@ -55,7 +56,7 @@ _EXPORTS = {
     "BuildConfig": "thinkrm.build_pairs",
     # serving
     "Client": "thinkrm.client",
-    "ServeConfig": "thinkrm.serve",
+    "ServeConfig": "thinkrm.serve_config",
     "create_app": "thinkrm.serve",
     # verification, Best-of-N and RL rewards
     "extract_answer": "thinkrm.verify",

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from .formatting import Item
-from .io import InputError, ResumableJsonl, iter_records
+from .io import InputError, ResumableJsonl, atomic_write, iter_records
+from .scoring import checked_scores
 from .trace import split_response
 
 STRATEGIES = ("argmax", "vote", "weighted-vote")
@@ -145,14 +146,8 @@ def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str
         start = time.perf_counter()
         for b in range(0, len(todo), batch_size):
             chunk = todo[b:b + batch_size]
-            scores = scorer.score([Item(c.prompt, c.reasoning) for _, c in chunk])
-            if len(scores) != len(chunk):
-                raise ValueError(f"scorer returned {len(scores)} scores for {len(chunk)} items")
-            for (k, _), s in zip(chunk, scores):
-                s = float(s)
-                if not math.isfinite(s):
-                    raise ValueError(f"scorer returned a non-finite score ({s}) for candidate {k}")
-                known[k] = s
+            scores = checked_scores(scorer, [Item(c.prompt, c.reasoning) for _, c in chunk])
+            known.update((k, s) for (k, _), s in zip(chunk, scores))
             if store is not None:
                 store.add_many({"key": k, "score": known[k]} for k, _ in chunk)
             if on_progress is not None:
@@ -345,3 +340,35 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
             "seed": seed, "temperature": round(float(temperature), 6),
             "no_answer": sum(a is None for a in answers),
             **result, "timings": timings}
+
+
+def plot_bon(result: dict[str, Any], path: str | Path) -> None:
+    """The PNG of a `best_of_n` result: accuracy vs N, strategies as solid lines, baselines dashed, 95% CIs
+    as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    lines = [(n, s, "-") for n, s in result["strategies"].items()]
+    lines += [(n, s, "--") for n, s in result["baselines"].items()
+              if not (n == "majority-vote" and "vote" in result["strategies"])]
+    for name, stats, style in lines:
+        ns = [int(n) for n in stats]
+        mean = [stats[str(n)]["mean"] * 100 for n in ns]
+        (line,) = ax.plot(ns, mean, style, marker="o", label=name)
+        ax.fill_between(ns, [stats[str(n)]["ci_low"] * 100 for n in ns],
+                        [stats[str(n)]["ci_high"] * 100 for n in ns], color=line.get_color(), alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result["ns"], [str(n) for n in result["ns"]])
+    ax.set_xlabel("N (candidates per problem)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Best-of-N, scorer {result['scorer']} ({result['n_problems']} problems, "
+                 f"{result['repeats']} repeats)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)

@@ -132,7 +132,11 @@ POOL_MAIN = 8  # main-path steps a new step may attach to (besides backtracking 
 POOL_LEAVES = 5  # other open leaves offered for merges
 DEFAULT_BATCH = 16  # upcoming steps offered per propose_batch call when the structurer sets no batch_size
 
-_ANSWER = re.compile(r"\\boxed\s*\{|\bfinal answer\b|\b(?:the )?answer is\b|^\W*answer\W*:|^\s*A:\s*\S",
+# The lookahead (a first character the alternatives can start with, or a line start) is implied by the
+# alternatives, so the matches are the same; it lets the engine reject most positions at once, which halves
+# the cost of looking for the answer in every step of a long trace that never states one.
+_ANSWER = re.compile(r"(?:(?=[\\fta])|^)"
+                     r"(?:\\boxed\s*\{|\bfinal answer\b|\b(?:the )?answer is\b|^\W*answer\W*:|^\s*A:\s*\S)",
                      re.IGNORECASE | re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
 _MARKUP = re.compile(r"[*#`]+|^\s*>\s*")
@@ -186,7 +190,7 @@ def _run(machine: _StateMachine, impl: Any, steps: list[Step]) -> None:
     while i < len(steps):
         view = machine.view(i)
         if batch is not None:
-            upcoming = [StepRef(j, steps[j].text) for j in range(i, min(len(steps), i + size))]
+            upcoming = machine.refs[i:i + size]
             proposals = list(batch(view, upcoming))[:len(upcoming)] or [Proposal("continue")]
         else:
             proposals = [impl.propose(view)]
@@ -200,6 +204,7 @@ class _StateMachine:
 
     def __init__(self, steps: list[Step]):
         self.steps = steps
+        self.refs = [StepRef(i, s.text) for i, s in enumerate(steps)]  # built once, shared by every view
         self.parents: list[list[int]] = []
         self.actions: list[str] = []
         self.main: list[int] = []
@@ -211,13 +216,11 @@ class _StateMachine:
     def counts(self) -> dict[str, int]:
         return {a: self.actions.count(a) for a in ("continue", "backtrack", "merge")}
 
-    def _ref(self, i: int) -> StepRef:
-        return StepRef(i, self.steps[i].text)
-
     def view(self, i: int) -> View:
+        refs = self.refs
         leaves = list(islice(reversed(self.leaves), POOL_LEAVES))[::-1]
-        return View(step=self._ref(i), window=tuple(self._ref(j) for j in self.main[-POOL_MAIN:]),
-                    open_leaves=tuple(self._ref(j) for j in leaves), main_path=tuple(self.main))
+        return View(step=refs[i], window=tuple([refs[j] for j in self.main[-POOL_MAIN:]]),
+                    open_leaves=tuple([refs[j] for j in leaves]), main_path=tuple(self.main))
 
     def place_first(self) -> None:
         self.parents.append([])
@@ -343,10 +346,19 @@ def _answer_path(supernodes: list[SuperNode], answer: int | None) -> list[int]:
     return path[::-1]
 
 
+def _sentences(text: str):
+    """`_SENTENCE_END.split(text)`, lazily: a summary usually needs only the first sentence or two."""
+    pos = 0
+    for m in _SENTENCE_END.finditer(text):  # the pattern never matches empty, so this is exactly split()
+        yield text[pos:m.start()]
+        pos = m.end()
+    yield text[pos:]
+
+
 def summarize(text: str) -> str:
     """An extractive one-line summary: the first sentence with some prose in it, clipped."""
     first = ""
-    for sentence in _SENTENCE_END.split(text):
+    for sentence in _sentences(text):
         sentence = _SPACE.sub(" ", _MARKUP.sub("", sentence)).strip()
         if not sentence:
             continue

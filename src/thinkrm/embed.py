@@ -7,7 +7,6 @@ nothing is fetched from a hub; it is loaded once per process and reused.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Sequence
 
@@ -31,7 +30,6 @@ class Encoder:
     dim = 384
 
     def __init__(self, path: str | None = None, device: str = "cpu"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -39,12 +37,14 @@ class Encoder:
         path = path or model_path()
         from transformers.utils import logging as hf_logging
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # local_files_only: the weights are on disk, and a hub lookup must not be tried (not even for a user's
+        # `path`); unlike HF_HUB_OFFLINE it binds this load only, not the process's later `hf:` loads.
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         # The weight-loading progress bar is noise on every `thinkrm` run that scores or embeds.
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            self.model = AutoModel.from_pretrained(path).to(device).eval()
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
         finally:
             if bar:
                 hf_logging.enable_progress_bar()

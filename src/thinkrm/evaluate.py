@@ -24,7 +24,7 @@ from typing import Any
 
 from .io import InputError
 from .pairs import Pair, load_pairs
-from .scoring import LengthScorer, Scorer, load_scorer
+from .scoring import LengthScorer, Scorer, checked_scores, load_scorer
 
 LENGTH_TOLERANCE = 0.10
 MAX_BAD_EXAMPLES = 20
@@ -110,9 +110,7 @@ def _evaluate(pairs, scorer: Scorer, bad: list[InputError], length_tolerance: fl
     model, length = _Report(), _Report()
     for chunk in _chunks(progress(pairs) if progress is not None else pairs, chunk_size):
         items = [(p.prompt, p.chosen) for p in chunk] + [(p.prompt, p.rejected) for p in chunk]
-        scores = scorer.score(items)
-        if len(scores) != len(items):
-            raise ValueError(f"scorer {scorer.spec!r} returned {len(scores)} scores for {len(items)} items")
+        scores = checked_scores(scorer, items)
         base = baseline.score(items)
         n = len(chunk)
         for i, pair in enumerate(chunk):

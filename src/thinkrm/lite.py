@@ -30,10 +30,10 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import random
 import re
-from collections.abc import Iterable, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ import numpy as np
 from .calibration import Calibration, fit_calibration
 from .formatting import Item
 from .io import InputError
-from .scoring import Scorer
+from .scoring import Scorer, checked_scores
 
 if TYPE_CHECKING:
     from .bon import Candidate
@@ -53,6 +53,9 @@ DEFAULT_DIR = Path(__file__).parent / "data" / "lite"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+# Wraps a long loop to show progress: (items, description, total) -> the same items. The library draws
+# nothing itself; the CLI passes its rich bar (thinkrm.cli.common.progress).
+Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
 
 
 @dataclass
@@ -135,16 +138,68 @@ def _parse_code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def default_cache_dir() -> Path:
+    """`$THINKRM_LITE_CACHE`, else the user's cache folder: `$XDG_CACHE_HOME/thinkrm/lite` (by default
+    `~/.cache/thinkrm/lite`)."""
+    if os.environ.get("THINKRM_LITE_CACHE"):
+        return Path(os.environ["THINKRM_LITE_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # a relative value is invalid (XDG)
+    return base / "thinkrm" / "lite"
+
+
+def _private_cache_dir(path: str | os.PathLike) -> Path:
+    """`path`, created readable and writable by this user only if it is missing.
+
+    Cache shards are read back as this user's own work, so a folder that another user owns or may write to
+    (a predictable name in /tmp, planted before the first run) is refused, not trusted.
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if hasattr(os, "getuid"):  # POSIX owners and modes; elsewhere the user's profile folder is private
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            raise ValueError(f"{path}: the TRM-lite cache folder belongs to another user (uid {st.st_uid}); "
+                             "set THINKRM_LITE_CACHE to a folder of your own")
+        if st.st_mode & 0o022:
+            raise ValueError(f"{path}: the TRM-lite cache folder is writable by other users (mode "
+                             f"{st.st_mode & 0o777:o}); run `chmod go-w` on it or set THINKRM_LITE_CACHE")
+    return path
+
+
+def _pack_parsed(entries: dict[bytes, tuple[list[str], np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Parsed traces (`_parse`) as plain arrays, so a shard is data that loading cannot run: the keys, every
+    segment text in one UTF-8 blob with its byte length, each trace's segment count, and the stacked rows."""
+    values = list(entries.values())
+    texts = [t.encode("utf-8", "surrogatepass") for seg_texts, _, _ in values for t in seg_texts]
+    return {"keys": np.frombuffer(b"".join(entries), dtype="S20"),
+            "counts": np.array([len(v[0]) for v in values], dtype=np.int64),
+            "text_bytes": np.array([len(t) for t in texts], dtype=np.int64),
+            "text_blob": np.frombuffer(b"".join(texts), dtype=np.uint8),
+            "pos": np.concatenate([v[1] for v in values]), "glob": np.stack([v[2] for v in values])}
+
+
+def _unpack_parsed(z: Any) -> dict[bytes, tuple[list[str], np.ndarray, np.ndarray]]:
+    blob, ends = z["text_blob"].tobytes(), np.cumsum(z["text_bytes"]).tolist()
+    texts = [blob[end - n:end].decode("utf-8", "surrogatepass") for end, n in zip(ends, z["text_bytes"].tolist())]
+    pos, out, first = z["pos"], {}, 0
+    for key, n, glob in zip(z["keys"], z["counts"].tolist(), z["glob"]):
+        out[bytes(key).ljust(20, b"\0")] = (texts[first:first + n], pos[first:first + n], glob)
+        first += n
+    return out
+
+
 class Embedder:
     """MiniLM embeddings of text openings (and parsed traces), optionally memoised in memory and on disk.
 
     Scoring needs no memory (every trace is new, and a server must not grow without bound); training and
     ablations re-read the same ~100k segments many times, so `cache_dir` keeps them across runs (outside
-    the repository, e.g. /tmp/thinkrm-lite-cache). Entries are keyed by a hash of (token limit, text).
+    the repository: `default_cache_dir()`; a folder of this user's only, see `_private_cache_dir`). Entries
+    are keyed by a hash of (token limit, text), and every shard is an npz of plain arrays.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, batch_size: int = 64):
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_dir = _private_cache_dir(cache_dir) if cache_dir else None
         self.batch_size = batch_size
         self._mem: dict[bytes, np.ndarray] = {}
         self._parsed: dict[bytes, Any] = {}
@@ -156,18 +211,21 @@ class Embedder:
         if not (self.cache_dir and self.cache_dir.is_dir()):
             return
         # Parsed shards are named by the version of the code that made them; other versions' are not loaded.
-        parsed = sorted(self.cache_dir.glob(f"parsed_{_parse_code_version()}-*.pkl"))
+        parsed = sorted(self.cache_dir.glob(f"parsed_{_parse_code_version()}-*.npz"))
         for shard in sorted(self.cache_dir.glob("emb-*.npz")) + parsed:
             if shard.name in self._loaded:
                 continue
             self._loaded.add(shard.name)
-            if shard.suffix == ".pkl":
-                with open(shard, "rb") as f:
-                    self._parsed.update(pickle.load(f))
-                continue
-            with np.load(shard) as z:
-                for k, v in zip(z["keys"], z["vecs"]):
-                    self._mem[bytes(k).ljust(20, b"\0")] = v  # numpy drops trailing NULs of "S20"
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    if shard.name.startswith("parsed_"):
+                        self._parsed.update(_unpack_parsed(z))
+                        continue
+                    for k, v in zip(z["keys"], z["vecs"]):
+                        self._mem[bytes(k).ljust(20, b"\0")] = v  # numpy drops trailing NULs of "S20"
+            except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+                raise InputError(f"not a TRM-lite cache shard ({type(e).__name__}: {e}); delete the file",
+                                 file=shard) from None
 
     def _save(self, name: str, keys: Iterable[bytes], write: Any) -> None:
         """Write one shard atomically (a reader in another process never sees half of it)."""
@@ -191,7 +249,7 @@ class Embedder:
         new = {k: parse(it, config) for k, it in zip(keys, items) if k not in self._parsed}
         if new:
             self._parsed.update(new)
-            self._save(f"parsed_{_parse_code_version()}.pkl", new, lambda f: pickle.dump(new, f))
+            self._save(f"parsed_{_parse_code_version()}.npz", new, lambda f: np.savez(f, **_pack_parsed(new)))
         return [self._parsed[k] for k in keys]
 
     @staticmethod
@@ -520,10 +578,11 @@ POOLS = {"skythought-math500": Path("skythought-math500") / "candidates.jsonl",
 PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
 OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trace dominates
-# Only traces of at most this many segments are perturbed (12 before the edit). Perturbing every trace the
-# encoder reads whole (max_segments) adds long MATH-500 traces to a source of fixed weight; on the validation
-# split that set was no better anywhere, and 0.4 points worse on PRMBench, 1.0 on its length-matched pairs
-# (docs/trm-lite.md, round 5).
+# Segments a perturbed trace may have after its edit (an edit adds up to four, so traces of at most 12 are
+# perturbed): the encoder then embeds every segment, the edited ones included, and the flaw is never between
+# the selected ones. Not the encoder's full `max_segments`: that adds long MATH-500 traces to a source of
+# fixed weight, no better anywhere on the validation split, and 0.4 points worse on PRMBench, 1.0 on its
+# length-matched pairs (docs/trm-lite.md, round 5).
 PERTURB_MAX_SEGMENTS = 16
 VERIFIED_PAIRS_PER_PROBLEM = 4  # (correct, incorrect) candidate pairs per training problem
 # The calibration reference set: correct candidates of the training problems of the pools whose traces look
@@ -662,14 +721,12 @@ def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, con
 
 
 def _index(items: list[Item], config: LiteConfig, embedder: Embedder, chunk: int = 512,
-           show: bool = False) -> Features:
+           progress: Progress | None = None) -> Features:
     """Featurise many traces, chunk by chunk, into one `Features` whose rows follow `items`."""
     tables, parts, offset = [], [], 0
-    rng = range(0, len(items), chunk)
-    if show:
-        from .cli.common import progress
-
-        rng = progress(rng, "featurising", total=len(rng))
+    rng: Iterable[int] = range(0, len(items), chunk)
+    if progress is not None:
+        rng = progress(rng, "featurising", len(rng))
     for b in rng:
         f = featurize(items[b:b + chunk], config, embedder)
         tables.append(f.table)
@@ -682,7 +739,7 @@ def _index(items: list[Item], config: LiteConfig, embedder: Embedder, chunk: int
 
 def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarray, *, epochs: int = 40,
         lr: float = 2e-3, batch: int = 256, seed: int = 0, weight_decay: float = 1e-4,
-        show: bool = False) -> list[float]:
+        progress: Progress | None = None) -> list[float]:
     """Bradley-Terry training of each ensemble member on (chosen_row, rejected_row) index pairs, member k
     with seed `seed + k`; returns the members' mean loss per epoch."""
     import torch
@@ -693,11 +750,9 @@ def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarra
     g = feats.glob[rows]
     stats = {"seg_mean": sx.mean(0), "seg_std": sx.std(0) + 1e-4, "glob_mean": g.mean(0), "glob_std": g.std(0) + 1e-4}
     per_member = []
-    members = list(enumerate(model.net.members))
-    if show:
-        from .cli.common import progress
-
-        members = progress(members, "training heads", total=len(members))
+    members: Iterable[tuple[int, Any]] = list(enumerate(model.net.members))
+    if progress is not None:
+        members = progress(members, "training heads", len(model.net.members))
     for k, net in members:
         for name, value in stats.items():
             getattr(net, name).copy_(torch.from_numpy(value))
@@ -762,12 +817,6 @@ def source_weights(pairs: Sequence[Pair]) -> np.ndarray:
     return np.array([len(pairs) * share[s] / (total * counts[s]) for s in sources], dtype=np.float64)
 
 
-def default_cache_dir() -> Path:
-    import tempfile
-
-    return Path(os.environ.get("THINKRM_LITE_CACHE", Path(tempfile.gettempdir()) / "thinkrm-lite-cache"))
-
-
 def calibration_items(shared_dir: str | os.PathLike, split: dict[str, Any], seed: int = 0) -> list[Item]:
     """The calibration reference set: up to `CALIBRATION_PER_PROBLEM` correct candidates of every *training*
     problem of the `CALIBRATION_POOLS` (the held-out half stays unseen, for the RL-reward benchmark)."""
@@ -792,7 +841,7 @@ def calibrate_lite(scorer: Scorer, shared_dir: str | os.PathLike, split: dict[st
                    seed: int = 0) -> Calibration:
     """Centre and scale of `scorer` on correct traces of the training problems (`calibration_items`)."""
     items = calibration_items(shared_dir, split, seed)
-    return fit_calibration(scorer.score(items), reference=(
+    return fit_calibration(checked_scores(scorer, items), reference=(
         f"correct candidates of the training problems of {', '.join(CALIBRATION_POOLS)} "
         f"(up to {CALIBRATION_PER_PROBLEM} per problem, seed {seed})"))
 
@@ -841,10 +890,11 @@ def _write_card_section(card: Path, begin: str, end: str, body: str) -> None:
 
 def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir: str | None, seed: int = 0, *,
                config: LiteConfig | None = None, cache_dir: str | os.PathLike | None = None, epochs: int = 40,
-               show_progress: bool = True) -> dict[str, Any]:
+               progress: Progress | None = None) -> dict[str, Any]:
     """Train TRM-lite, evaluate it on the held-out problems with `thinkrm eval-pairs` and Best-of-N logic, and
     write weights, split.json and MODEL_CARD.md to `output_dir`. Deterministic given the data, `seed` and the
-    config: features are computed once, then training runs in a fixed, seeded order."""
+    config: features are computed once, then training runs in a fixed, seeded order. `progress` wraps the
+    featurising and training loops (the CLI passes its progress bar)."""
     import torch
 
     from .me2 import SIGNALS
@@ -857,12 +907,12 @@ def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir
         raise ValueError("no training pairs")
     embedder = Embedder(cache_dir or default_cache_dir())
     items, idx = _pair_rows(data.train)
-    feats = _index(items, config, embedder, show=show_progress)
+    feats = _index(items, config, embedder, progress=progress)
     model = LiteModel.new(config, seed)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        losses = fit(model, feats, idx, source_weights(data.train), epochs=epochs, seed=seed, show=show_progress)
+        losses = fit(model, feats, idx, source_weights(data.train), epochs=epochs, seed=seed, progress=progress)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     results = evaluate(model, embedder, data)

@@ -39,6 +39,7 @@ from typing import Any
 
 from .calibration import Calibration, parse_calibration
 from .formatting import Item
+from .scoring import checked_scores
 from .trace import split_response
 
 GOLD_COLUMNS = ("answer", "solution", "gold")
@@ -334,8 +335,8 @@ class ThinkingReward:
         r_t: list[float | None] = [None] * len(responses)
         if to_score:
             items = [Item(prompts[i], split_response(responses[i])[0]) for i in to_score]
-            for i, s in zip(to_score, self.scorer.score(items)):
-                r_t[i] = float(s)
+            for i, s in zip(to_score, checked_scores(self.scorer, items)):
+                r_t[i] = s
         rewards, z = gated_batch(r_v, r_t, self.alpha, normalize=normalize, calibration=calibration,
                                  groups=group_keys(prompts) if groups is None else groups)
         return RewardBatch(rewards=rewards, r_v=r_v, r_t=r_t, z=z, normalize=normalize)

@@ -9,6 +9,8 @@ needs to know which backend produced them. Backends are imported only when their
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import random as _random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -53,6 +55,26 @@ class Scorer(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def checked_scores(scorer: Scorer, items: Sequence[Item | tuple[str, str]]) -> list[float]:
+    """`scorer.score(items)`, held to the interface's promise: one finite float per item, in order.
+
+    Every consumer scores through this, so a backend that drops an item or returns NaN stops the run with the
+    scorer and the item named, instead of shifting scores onto the wrong items or turning an accuracy, a
+    Best-of-N pick or an RL reward into noise. Raises `ValueError`.
+    """
+    scores = scorer.score(items)
+    name = scorer.spec or type(scorer).__name__
+    if len(scores) != len(items):
+        raise ValueError(f"scorer {name!r} returned {len(scores)} scores for {len(items)} items")
+    out = []
+    for i, s in enumerate(scores):
+        value = float(s) if isinstance(s, numbers.Real) and not isinstance(s, bool) else None
+        if value is None or not math.isfinite(value):
+            raise ValueError(f"scorer {name!r} returned {s!r} for item {i}: expected a finite number")
+        out.append(value)
+    return out
 
 
 class LengthScorer(Scorer):

@@ -28,7 +28,6 @@ import asyncio
 import hmac
 import json
 import math
-import os
 import re
 import socket
 import threading
@@ -44,70 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from .calibration import parse_calibration
 from .formatting import Item
-from .rewards import NORMALIZE, gated_batch, group_keys, problem_from_chat, sigmoid
+from .rewards import gated_batch, group_keys, problem_from_chat, sigmoid
 from .rewards import recover_response as _recover_response
 from .scoring import Scorer, load_scorer
+from .serve_config import API_KEY_ENV, ServeConfig
 from .trace import split_response
-
-API_KEY_ENV = "THINKRM_API_KEY"
-
-
-@dataclass
-class ServeConfig:
-    """Server settings; each field is also a `thinkrm serve` flag (`max_batch_size` -> `--max-batch-size`)."""
-
-    scorer: str = "lite"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # None: $THINKRM_API_KEY; "": no auth; else all routes but /health need it
-    model_name: str | None = None  # the "model" echoed in responses; defaults to the scorer spec
-    max_batch_size: int = 64  # items per scorer call; 1 turns batching off
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_items: int = 512  # items (or queries / inputs) per request
-    max_chars: int = 200_000  # characters per prompt, response or input string
-    alpha: float = 0.2  # gated-reward weight of the TRM score on /get_reward with labels
-    verifier: str = "math"  # answer checker of /get_reward with labels (a thinkrm.verifiers spec)
-    # How /get_reward normalises the TRM score before the sigmoid (thinkrm.rewards): "auto" is the scorer's
-    # calibration when it has one, else the queries of one request that share a prompt.
-    normalize: str = "auto"
-    calibration: str | None = None  # CENTER,SCALE or a checkpoint path; overrides the scorer's own
-    graceful_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
-    # Hostile or broken clients (docs/serving.md, "Slow, oversized and hostile clients"). Connections and
-    # their timeouts are enforced below the app, in the HTTP protocol; the queues in front of each kind of
-    # work answer 503 with Retry-After when full, so one kind cannot starve another.
-    max_header_bytes: int = 64 * 1024  # request line + headers; more gets 431 and the connection closed
-    header_timeout_s: float = 10.0  # from connect (or a request's first byte) to its last header byte; 408
-    body_timeout_s: float = 60.0  # to receive a whole request body; 408
-    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 1024  # open connections; at the cap the longest-idle one makes room, else 503
-    score_queue_items: int = 16_384  # items waiting for the scorer
-    verify_queue: int = 256  # /get_reward requests with labels being verified or waiting to be
-    analysis_queue: int = 8  # /score requests with analysis being analysed or waiting to be
-    analysis_workers: int = 1  # processes for the ME² analysis of /score
-    log_level: str = "warning"
-
-    def __post_init__(self) -> None:
-        if self.api_key is None:
-            self.api_key = os.environ.get(API_KEY_ENV) or None
-        checks = {"max_batch_size": self.max_batch_size >= 1, "max_wait_ms": self.max_wait_ms >= 0,
-                  "max_body_bytes": self.max_body_bytes >= 1, "max_items": self.max_items >= 1,
-                  "max_chars": self.max_chars >= 1, "graceful_timeout_s": self.graceful_timeout_s >= 0,
-                  "alpha": 0.0 <= self.alpha <= 1.0, "port": 0 <= self.port <= 65535}
-        checks["normalize"] = self.normalize in NORMALIZE
-        checks["max_header_bytes"] = self.max_header_bytes >= 1024  # below that, ordinary clients fail
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
-            checks[name] = getattr(self, name) > 0
-        for name in ("max_connections", "score_queue_items", "verify_queue", "analysis_queue",
-                     "analysis_workers"):
-            checks[name] = getattr(self, name) >= 1
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid --{name.replace('_', '-')}: {getattr(self, name)!r}")
-        parse_calibration(self.calibration)
-        from .verifiers import load_verifier
-
-        load_verifier(self.verifier)  # a bad spec fails here, before any model loads (it connects lazily)
 
 
 class RequestProblem(Exception):
@@ -212,7 +152,7 @@ class Metrics:
                 "# HELP thinkrm_open_connections Open client connections.",
                 "# TYPE thinkrm_open_connections gauge",
                 f"thinkrm_open_connections {self.open_connections}",
-                "# HELP thinkrm_connections_closed_total Connections the server closed for a limit, by reason.",
+                "# HELP thinkrm_connections_closed_total Connections closed by a limit, by reason.",
                 "# TYPE thinkrm_connections_closed_total counter"]
         out += [f'thinkrm_connections_closed_total{{reason="{r}"}} {n}'
                 for r, n in sorted(self.closed_connections.items())]
@@ -285,9 +225,9 @@ class MicroBatcher:
         # only grows (a request alone is always taken, however large: --max-items bounds it).
         if self._metrics.queue_depth and self._metrics.queue_depth + len(items) > self.max_queue_items:
             self._metrics.count(self._metrics.rejected, "score")
-            raise RequestProblem(503, f"the scorer's queue is full ({self._metrics.queue_depth} items waiting, "
-                                      f"limit {self.max_queue_items}, --score-queue-items): retry later",
-                                 retry_after=1)
+            raise RequestProblem(503, f"the scorer's queue is full ({self._metrics.queue_depth} items "
+                                      f"waiting, limit {self.max_queue_items}, --score-queue-items): "
+                                      "retry later", retry_after=1)
         pending = _Pending(items, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._metrics.queue_depth += len(items)
@@ -436,16 +376,18 @@ class WorkQueue:
                     self._executor = self._make_executor()
                 try:
                     return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-                except BrokenProcessPool:  # a worker died (killed, out of memory): the next job gets a new pool
+                except BrokenProcessPool:  # a worker died (killed, out of memory): the next job gets new ones
                     broken, self._executor = self._executor, None
                     broken.shutdown(wait=False)
                     raise ScoringError(f"{self.kind} worker process died; retry the request") from None
         finally:
             self._metrics.queued[self.kind] -= 1
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Cancel what waits and let running jobs finish (off the loop). Waiting matters for processes: a pool
+        left to shut down on its own trips over its closed pipes at interpreter exit (Python 3.11)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, exc: BaseException | None = None) -> None:
@@ -542,7 +484,8 @@ class ClassifyRequest(Body):
     model: str | None = None
     input: str | list[str] = Field(description='Formatted text(s), `prompt + "\\n" + reasoning`.')
     # Strict: pydantic would read "yes", "off" or 0 as booleans, and a typo must not change what is returned.
-    use_activation: StrictBool | None = Field(None, description="true: sigmoid(score); otherwise the raw score.")
+    use_activation: StrictBool | None = Field(None,
+                                              description="true: sigmoid(score); otherwise the raw score.")
 
 class ClassifyData(BaseModel):
     index: int
@@ -592,8 +535,10 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
     shutdown by hand (what SIGTERM does under `serve`), `app.state.metrics` holds the live counters.
     """
     from fastapi import FastAPI, Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from .verifiers import load_verifier
 
@@ -634,8 +579,8 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
             yield
         finally:
             await batcher.stop()
-            work["verify"].close()
-            work["analysis"].close()
+            await work["verify"].close()
+            await work["analysis"].close()
             verifier.close()
             if owns_scorer:
                 scorer.close()
@@ -663,6 +608,16 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
     @app.exception_handler(ScoringError)
     async def _scoring_failed(request: Request, exc: ScoringError):
         return JSONResponse({"detail": str(exc)}, status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI turns any failure to read the body into a generic 400 "error parsing the body". With valid
+        # UTF-8 (checked before) the one left is JSON nested deeper than Python's parser recurses, ~1,000
+        # levels; a check on the bytes before parsing cost more than the parse on large batches.
+        if isinstance(exc.__cause__, RecursionError):
+            return JSONResponse({"detail": "request body nests JSON deeper than the parser allows (about "
+                                           "1,000 levels); no route takes more than 3"}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     def texts_of(value: str | list[str]) -> tuple[list[Item], Usage]:
         texts = [value] if isinstance(value, str) else value
@@ -792,6 +747,7 @@ def _is_branch_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"str", "float", "int", "none", "bool"})
 
 
+# Verification batches in flight at once: LLM verifiers overlap them; math-verify's pool checks one at a time.
 VERIFY_THREADS = 4
 
 
@@ -802,7 +758,15 @@ def _process_pool(workers: int) -> Any:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_leave_signals_to_the_server)
+
+
+def _leave_signals_to_the_server() -> None:
+    """Ctrl-C reaches the whole process group; the server drains and then shuts its workers down itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _analyze_all(items: list[Item]) -> list[dict[str, Any]]:
@@ -878,24 +842,21 @@ class _Guard:
             raise RequestProblem(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} "
                                       "bytes (--max-body-bytes)")
         chunks, size = [], 0
-        try:
-            # A client that trickles its body would otherwise hold a connection and an in-flight slot forever.
-            async with asyncio.timeout(self.config.body_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        break
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise RequestProblem(413, f"request body exceeds the limit of {limit} bytes "
-                                                  "(--max-body-bytes)")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise RequestProblem(408, f"request body not received within {self.config.body_timeout_s:g} s "
-                                      f"({size} bytes came; --body-timeout-s)") from None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # Gone before the whole body came: the protocol's --body-timeout-s (it already answered
+                # 408) or the client itself. Either way nothing is left to answer; the status is for metrics.
+                raise RequestProblem(408 if scope.get("thinkrm.body_timeout") else 499,
+                                     "client connection closed before the whole body arrived")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestProblem(413, f"request body exceeds the limit of {limit} bytes "
+                                          "(--max-body-bytes)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         body = b"".join(chunks)
         if not body:
             return body
@@ -903,36 +864,11 @@ class _Guard:
         if not (kind == "application/json" or kind.startswith("application/") and kind.endswith("+json")):
             raise RequestProblem(422, f"request body has content-type {kind!r}; every route takes JSON: send "
                                       "'Content-Type: application/json'")
-        if _too_deep(body):
-            raise RequestProblem(422, f"request body nests JSON more than {MAX_JSON_DEPTH} levels deep; no "
-                                      "route takes more than 3")
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise _not_utf8(body, e) from None
         return body
-
-
-MAX_JSON_DEPTH = 64  # Python's json parser raises RecursionError near 1,000 levels; no body needs more than 3
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def _too_deep(body: bytes) -> bool:
-    """Whether the JSON in `body` nests deeper than MAX_JSON_DEPTH, decided on the bytes before parsing.
-
-    Strings are cut out (brackets inside them are text), then innermost bracket pairs are peeled off one
-    level per pass. Most bodies have too few brackets to be deep at all and skip all of it.
-    """
-    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
-        return False
-    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
-    for _ in range(MAX_JSON_DEPTH):
-        peeled = brackets.replace(b"[]", b"").replace(b"{}", b"")
-        if not peeled or peeled == brackets:  # shallow enough, or malformed (the JSON parser names that)
-            return False
-        brackets = peeled
-    return True
 
 
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what the surrogateescape error handler turns bad bytes into
@@ -945,8 +881,9 @@ def _not_utf8(body: bytes, error: UnicodeDecodeError) -> RequestProblem:
         where = _find_string(json.loads(body.decode("utf-8", "surrogateescape")), _ESCAPED_BYTE.search)
     except (ValueError, RecursionError):
         where = None
-    return RequestProblem(422, f"{where or 'request body'} is not valid UTF-8 (byte 0x{body[error.start]:02x} at "
-                               f"byte {error.start} of the body: {error.reason}); send UTF-8 text")
+    byte = body[error.start]
+    return RequestProblem(422, f"{where or 'request body'} is not valid UTF-8 (byte 0x{byte:02x} at byte "
+                               f"{error.start} of the body: {error.reason}); send UTF-8 text")
 
 
 def _find_string(doc: Any, bad: Callable[[str], Any], path: str = "") -> str | None:
@@ -1011,7 +948,7 @@ async def _send_problem(send: Callable, status: int, message: str, *, draining: 
         headers.append((b"www-authenticate", b"Bearer"))
     if draining:
         headers += [(b"connection", b"close"), (b"retry-after", b"1")]
-    elif status in (408, 413, 431):  # the rest of the request may still be on its way: the connection is spent
+    elif status in (408, 413, 431):  # the rest of the request may still be coming: the connection is spent
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -1030,6 +967,9 @@ def make_server(app: Any, config: ServeConfig):
 
     class DrainingServer(uvicorn.Server):
         drain_deadline: float | None = None
+        # A signal comes from outside while clients still hold keep-alive connections; `running()`'s owner is
+        # done with the server when it leaves the block, so only in-flight requests are waited for then.
+        wait_for_connections = True
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.drain_deadline is None:
@@ -1045,9 +985,9 @@ def make_server(app: Any, config: ServeConfig):
             # Open keep-alive connections are waited for too: a client may reuse one at any moment and must
             # get the 503 (with Connection: close) rather than a reset. Idle ones close after
             # --keep-alive-timeout-s, so this costs at most that long.
-            if self.drain_deadline is not None and (
-                    (app.metrics.in_flight == 0 and not self.server_state.connections)
-                    or time.monotonic() > self.drain_deadline):
+            settled = app.metrics.in_flight == 0 and not (self.wait_for_connections
+                                                          and self.server_state.connections)
+            if self.drain_deadline is not None and (settled or time.monotonic() > self.drain_deadline):
                 self.should_exit = True
             return await super().on_tick(counter)
 
@@ -1088,21 +1028,36 @@ def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: in
 
     httptools buffers a header of any size (a 256 MiB one was accepted) and uvicorn's keep-alive timer only
     starts after a first response, so a client that connects and trickles its headers holds a connection
-    forever. Here: a request head larger than --max-header-bytes gets 431, one not complete within
-    --header-timeout-s of the connection (or of its first byte) gets 408, and both close the connection.
-    At --max-connections a new connection closes the one idle the longest (between requests or still
-    sending its head: the slow clients), so ordinary clients keep getting in; with none idle it gets 503.
-    h11 has a header limit of its own but serves ~4x fewer requests per second here (docs/serving.md).
+    forever. Here: a request head larger than --max-header-bytes gets 431; a head not complete within
+    --header-timeout-s of the connection (or of the request's first byte), or a body not complete within
+    --body-timeout-s of its head, gets 408; all three close the connection. At --max-connections a new
+    connection closes the one idle the longest (between requests or still sending its head: the slow
+    clients), so ordinary clients keep getting in; with none idle it gets 503.
+
+    Deadlines are plain numbers that one sweep per server checks every second or so, not a timer per
+    request: timers cost more per request than everything else here together. h11 has a header limit of
+    its own but serves ~4x fewer requests per second here (docs/serving.md).
     """
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-    limit, head_timeout = config.max_header_bytes, config.header_timeout_s
+    limit = config.max_header_bytes
+    head_timeout, body_timeout = config.header_timeout_s, config.body_timeout_s
+    sweep_every = min(1.0, head_timeout / 4, body_timeout / 4)
+    sweeping: list[bool] = []  # one sweep per server, started by its first connection
+
+    def sweep(loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        now = time.monotonic()
+        for c in list(connections):
+            if isinstance(c, GuardedProtocol):
+                c.check_deadlines(now)
+        loop.call_later(sweep_every, sweep, loop, connections)
 
     class GuardedProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.idle_since = time.monotonic()  # between requests (or before the first) since then
-            self._head_timer: asyncio.TimerHandle | None = None
+            self._head_deadline: float | None = None
+            self._body_deadline: float | None = None
             self._in_head = False  # the request line or headers are being received
             self._head_started_here = False  # ... and that began in the chunk being parsed
             self._head_bytes = 0
@@ -1110,6 +1065,9 @@ def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: in
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             metrics.open_connections += 1
+            if not sweeping:
+                sweeping.append(True)
+                self.loop.call_later(sweep_every, sweep, self.loop, self.connections)
             # The set still holds connections closed in this loop iteration; only open ones count.
             if len(self.connections) > max_connections and sum(
                     not c.transport.is_closing() for c in self.connections) > max_connections \
@@ -1117,11 +1075,10 @@ def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: in
                 self._refuse(503, f"the server has {max_connections} open connections, all busy "
                                   "(--max-connections): retry later", "connection_limit")
                 return
-            self._arm_head_timer()
+            self._head_deadline = self.idle_since + head_timeout
 
         def connection_lost(self, exc: Exception | None) -> None:
             metrics.open_connections -= 1
-            self._disarm_head_timer()
             super().connection_lost(exc)
 
         def is_idle(self) -> bool:
@@ -1138,25 +1095,26 @@ def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: in
             oldest.transport.close()
             return True
 
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(head_timeout, self._head_timed_out)
-
-        def _disarm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
+        def check_deadlines(self, now: float) -> None:
             if self.transport.is_closing():
                 return
-            if self._in_head:
-                self._refuse(408, f"request headers not received within {head_timeout:g} s "
-                                  "(--header-timeout-s)", "header_timeout")
-            else:  # connected and sent nothing: as uvicorn closes an idle keep-alive connection
-                metrics.count(metrics.closed_connections, "header_timeout")
-                self.transport.close()
+            if self._head_deadline is not None and now >= self._head_deadline:
+                self._head_deadline = None
+                if self._in_head:
+                    self._refuse(408, f"request headers not received within {head_timeout:g} s "
+                                      "(--header-timeout-s)", "header_timeout")
+                else:  # connected and sent nothing: closed as uvicorn closes an idle keep-alive connection
+                    metrics.count(metrics.closed_connections, "header_timeout")
+                    self.transport.close()
+            elif self._body_deadline is not None and now >= self._body_deadline:
+                self._body_deadline = None
+                self.scope["thinkrm.body_timeout"] = True  # for the app's metrics: it sees a disconnect
+                if self.cycle.response_started:
+                    metrics.count(metrics.closed_connections, "body_timeout")
+                    self.transport.close()
+                else:
+                    self._refuse(408, f"request body not received within {body_timeout:g} s "
+                                      "(--body-timeout-s)", "body_timeout")
 
         def _refuse(self, status: int, message: str, reason: str) -> None:
             metrics.count(metrics.closed_connections, reason)
@@ -1175,15 +1133,24 @@ def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: in
                 if self._head_bytes > limit and not self.transport.is_closing():
                     self._refuse(431, f"request headers exceed {limit} bytes (--max-header-bytes)",
                                  "header_too_large")
+            # uvicorn cancels its keep-alive timer on any data, so body bytes that arrive after the response
+            # went out (a 401 sent before the body came) left the connection idle with no timer, open forever.
+            elif (self.timeout_keep_alive_task is None and self.cycle is not None
+                  and self.cycle.response_complete and not self._in_head and not self.pipeline
+                  and not self.transport.is_closing()):
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head, self._head_started_here, self._head_bytes = True, True, 0
-            self._arm_head_timer()
+            if self._head_deadline is None:
+                self._head_deadline = time.monotonic() + head_timeout
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._disarm_head_timer()
+            self._head_deadline = None
+            self._body_deadline = time.monotonic() + body_timeout
             size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
             if size <= limit:
                 super().on_headers_complete()
@@ -1196,6 +1163,10 @@ def _guarded_protocol(config: ServeConfig, metrics: Metrics, max_connections: in
                 super().on_headers_complete()
             finally:
                 self.app = app
+
+        def on_message_complete(self) -> None:
+            self._body_deadline = None
+            super().on_message_complete()
 
         def on_response_complete(self) -> None:
             self.idle_since = time.monotonic()
@@ -1261,6 +1232,7 @@ def running(scorer: Scorer | str, config: ServeConfig | None = None, *,
     try:
         yield url
     finally:
+        server.wait_for_connections = False
         app.state.drain()
         thread.join(timeout=config.graceful_timeout_s + 10)
         sock.close()

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .steps import Step
@@ -176,7 +176,9 @@ def cue_of(text: str) -> str | None:
 
 
 # --- lexical/numeric overlap ---------------------------------------------------------------------------
-_TOKEN = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]{3,}")
+_NUMBER_TOKEN = re.compile(r"\d+(?:\.\d+)?")
+_WORD_TOKEN = re.compile(r"[A-Za-z]{3,}")
+_SMALL_NUMBERS = frozenset(("0", "1", "2"))
 _STOP = frozenset(
     "the and for that this with from are was were which then than have has had not but can will would should "
     "could let lets let's we our you your its it's they them there their what when where how why also into "
@@ -187,30 +189,32 @@ _HEAD_CHARS = 400  # the opening of a step says what it is about
 _BODY_CHARS = 1500  # a candidate target is represented by its head and tail (where its result is)
 
 
-def _tokens(text: str) -> dict[str, float]:
-    """Weighted token set: numbers weigh more, since a repeated number is strong evidence of a reference."""
-    out: dict[str, float] = {}
-    for t in _TOKEN.findall(text):
-        if t[0].isdigit():
-            if t not in ("0", "1", "2"):
-                out[t] = 2.0
-        else:
-            t = t.lower()
-            if t not in _STOP:
-                out[t] = 1.0
-    return out
+class _Bag(NamedTuple):
+    """A step's weighted token set, kept as two sets so that an overlap is two C-level set intersections
+    instead of a Python loop over a dict (the structurer compares each step with up to 9 others)."""
+
+    words: frozenset[str]  # weight 1
+    numbers: frozenset[str]  # weight 2, since a repeated number is strong evidence of a reference
+    norm2: int  # sum of squared weights
 
 
-def _overlap(a: dict[str, float], b: dict[str, float]) -> float:
-    """Cosine similarity of two weighted token sets."""
-    if not a or not b:
+def _tokens(text: str) -> _Bag:
+    """Weighted token set of `text`: its words (3+ letters, stopwords dropped) and numbers other than 0-2."""
+    # Numbers and words are made of different characters, so scanning for each apart finds the same tokens
+    # as one alternation would.
+    words = frozenset(map(str.lower, _WORD_TOKEN.findall(text))) - _STOP
+    numbers = frozenset(_NUMBER_TOKEN.findall(text)) - _SMALL_NUMBERS
+    return _Bag(words, numbers, len(words) + 4 * len(numbers))
+
+
+def _overlap(a: _Bag, b: _Bag) -> float:
+    """Cosine similarity of two weighted token sets (all sums are small integers, hence exact)."""
+    if not a.norm2 or not b.norm2:
         return 0.0
-    if len(a) > len(b):
-        a, b = b, a
-    inter = sum(w * w for t, w in a.items() if t in b)
-    if inter == 0.0:
+    inter = len(a.words & b.words) + 4 * len(a.numbers & b.numbers)
+    if inter == 0:
         return 0.0
-    return inter / math.sqrt(sum(w * w for w in a.values()) * sum(w * w for w in b.values()))
+    return inter / math.sqrt(a.norm2 * b.norm2)
 
 
 def _clip(text: str) -> str:
@@ -298,16 +302,34 @@ class HeuristicStructurer(CueStructurer):
     name = "heuristic"
 
     def __init__(self) -> None:
-        self._heads: list[dict[str, float]] = []
-        self._bodies: list[dict[str, float]] = []
+        self._texts: list[str] = []
+        self._heads: list[_Bag | None] = []
+        self._bodies: list[_Bag | None] = []
 
     def start(self, steps: Sequence[Step], *, prompt: str = "") -> None:
-        self._heads = [_tokens(s.text[:_HEAD_CHARS]) for s in steps]
-        self._bodies = [_tokens(_clip(s.text)) for s in steps]
+        # Token sets are made on first use: only steps that open with a cue compare their head, and only
+        # steps that some cue step looks back at need their body.
+        self._texts = [s.text for s in steps]
+        self._heads = [None] * len(steps)
+        self._bodies = [None] * len(steps)
+
+    def _head(self, i: int) -> _Bag:
+        head = self._heads[i]
+        if head is None:
+            head = self._heads[i] = _tokens(self._texts[i][:_HEAD_CHARS])
+        return head
+
+    def _body(self, i: int) -> _Bag:
+        body = self._bodies[i]
+        if body is None:
+            text = self._texts[i]
+            # a step no longer than its head is its own body
+            body = self._bodies[i] = self._head(i) if len(text) <= _HEAD_CHARS else _tokens(_clip(text))
+        return body
 
     def similarities(self, step_id: int, candidates: Sequence[int]) -> list[float]:
-        head = self._heads[step_id]
-        return [_overlap(head, self._bodies[c]) for c in candidates]
+        head = self._head(step_id)
+        return [_overlap(head, self._body(c)) for c in candidates]
 
 
 class EmbeddingStructurer(CueStructurer):

@@ -731,12 +731,9 @@ def _report_dict(report: TrainReport) -> dict[str, Any]:
     return d
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m thinkrm.train` (and `accelerate launch -m thinkrm.train`): the flags of `thinkrm train`."""
-    from .cli.train import standalone_app
-
-    standalone_app()(args=argv)
-
-
 if __name__ == "__main__":
+    # Run as a program (`accelerate launch -m thinkrm.train`, the older spelling of `-m thinkrm.cli.train`),
+    # this file is not the library module and the import below is no cycle: the CLI owns the flags.
+    from thinkrm.cli.train import main
+
     main()

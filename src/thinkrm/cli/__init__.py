@@ -8,16 +8,32 @@ inside the command functions, so `thinkrm --help` stays fast.
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
-from . import analyze, bon, delimiters, llm, perturb, score, serve, train
 
-app = typer.Typer(name="thinkrm", no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
-                  help="Measure and improve how language models reason.")
+def _build_app() -> Any:
+    import typer
 
-for _module in (analyze, delimiters, score, train, perturb, llm, serve, bon):
-    _module.register(app)
+    from . import analyze, bon, delimiters, llm, perturb, score, serve, train
+
+    app = typer.Typer(name="thinkrm", no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_show_locals=False, help="Measure and improve how language models reason.")
+    for module in (analyze, delimiters, score, train, perturb, llm, serve, bon):
+        module.register(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `app` is built on first use: `python -m thinkrm.cli.train` (what every rank of `accelerate launch`
+    # runs) imports this package too, and must not pay for every command module (`serve` registers its flags
+    # from thinkrm.serve, the whole server stack).
+    if name == "app":
+        globals()["app"] = app = _build_app()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
+    from . import app
+
     app()

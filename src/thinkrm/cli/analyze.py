@@ -39,7 +39,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
     from ..io import InputError, atomic_write, check_output_dir, check_output_file, dumps
     from ..me2 import analyze
     from ..report import ReportWriter
-    from ..scoring import load_scorer
+    from ..scoring import checked_scores, load_scorer
     from ..trace import load_traces
 
     if structurer not in STRUCTURERS:
@@ -74,7 +74,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
             def flush() -> None:
                 scores: list[float | None] = [None] * len(batch)
                 if scorer_obj is not None and batch:
-                    scores = list(scorer_obj.score([Item(t.prompt, t.reasoning) for t, _ in batch]))
+                    scores = checked_scores(scorer_obj, [Item(t.prompt, t.reasoning) for t, _ in batch])
                 for (trace, result), score in zip(batch, scores):
                     record = trace.to_dict()
                     record.update(steps=[s.to_dict() for s in result.dag.steps], dag=result.dag.to_dict(),

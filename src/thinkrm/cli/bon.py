@@ -20,39 +20,6 @@ def _parse_list(text: str, name: str, cast=str) -> list:
     return items
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Accuracy vs N: strategies as solid lines, baselines dashed, 95% CIs as bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_write
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    lines = [(n, s, "-") for n, s in result["strategies"].items()]
-    lines += [(n, s, "--") for n, s in result["baselines"].items()
-              if not (n == "majority-vote" and "vote" in result["strategies"])]
-    for name, stats, style in lines:
-        ns = [int(n) for n in stats]
-        mean = [stats[str(n)]["mean"] * 100 for n in ns]
-        (line,) = ax.plot(ns, mean, style, marker="o", label=name)
-        ax.fill_between(ns, [stats[str(n)]["ci_low"] * 100 for n in ns],
-                        [stats[str(n)]["ci_high"] * 100 for n in ns], color=line.get_color(), alpha=0.12)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(result["ns"], [str(n) for n in result["ns"]])
-    ax.set_xlabel("N (candidates per problem)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Best-of-N, scorer {result['scorer']} ({result['n_problems']} problems, "
-                 f"{result['repeats']} repeats)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-
-
 def table(result: dict[str, Any]):
     from rich.table import Table
 
@@ -101,7 +68,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from ..bon import best_of_n, load_candidates
+        from ..bon import best_of_n, load_candidates, plot_bon
         from ..io import check_output_dir, check_output_file, write_json
 
         with user_errors():
@@ -129,7 +96,7 @@ def register(app: typer.Typer) -> None:
                                    workers=workers, verifier=verifier, on_progress=on_progress)
             result["input"] = str(candidates)
             write_json(out / "bon.json", result)
-            plot(result, out / "bon.png")
+            plot_bon(result, out / "bon.png")
         Console().print(table(result))  # the table is the result: stdout, unlike progress and messages
         sc = result["timings"]["scoring"]
         console.print(f"scored {sc['scored']} candidates in {sc['seconds']:.1f}s ({sc['cached']} cached); "

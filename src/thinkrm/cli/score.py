@@ -115,12 +115,7 @@ def _score_rows(scorer, batch: list[tuple[Any, dict[str, Any]]]) -> list[float |
     """
     from ..endpoints import RETRY_STATUSES, ServerResponseError
     from ..formatting import Item
-
-    def score(items: list[Item]) -> list[float]:
-        scores = scorer.score(items)
-        if len(scores) != len(items):
-            raise ValueError(f"scorer {scorer.spec!r} returned {len(scores)} scores for {len(items)} items")
-        return list(scores)
+    from ..scoring import checked_scores
 
     def about_rows(e: Exception) -> bool:
         if isinstance(e, ServerResponseError):
@@ -129,7 +124,7 @@ def _score_rows(scorer, batch: list[tuple[Any, dict[str, Any]]]) -> list[float |
 
     items = [Item(t.prompt, t.reasoning) for t, _ in batch]
     try:
-        return score(items)
+        return checked_scores(scorer, items)
     except Exception as e:
         if len(batch) == 1 or not about_rows(e):
             raise
@@ -137,7 +132,7 @@ def _score_rows(scorer, batch: list[tuple[Any, dict[str, Any]]]) -> list[float |
     out: list[float | InputError] = []
     for (trace, _), item in zip(batch, items):
         try:
-            out.append(score([item])[0])
+            out.append(checked_scores(scorer, [item])[0])
         except Exception as e:
             if not about_rows(e):
                 raise

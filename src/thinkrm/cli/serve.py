@@ -12,7 +12,7 @@ from .common import console, user_errors
 
 def _default(name: str):
     """Flag defaults come from `ServeConfig`, so the CLI and the Python API cannot drift apart."""
-    from ..serve import ServeConfig
+    from ..serve_config import ServeConfig
 
     return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
 
@@ -45,9 +45,9 @@ def register(app: typer.Typer) -> None:
         graceful_timeout_s: float = typer.Option(_default("graceful_timeout_s"),
                                                  help="On SIGTERM, how long in-flight requests may finish."),
         max_header_bytes: int = typer.Option(_default("max_header_bytes"),
-                                             help="Larger request line + headers get 431, connection closed."),
+                                             help="Larger request line + headers get 431."),
         header_timeout_s: float = typer.Option(_default("header_timeout_s"),
-                                               help="Seconds a client has to send a request's headers (408)."),
+                                               help="Seconds to send a request's headers (408)."),
         body_timeout_s: float = typer.Option(_default("body_timeout_s"),
                                              help="Seconds a client has to send a request's body (408)."),
         keep_alive_timeout_s: float = typer.Option(_default("keep_alive_timeout_s"),
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
                                             help="Open connections; at the cap the longest-idle one is "
                                             "closed to make room, else 503."),
         score_queue_items: int = typer.Option(_default("score_queue_items"),
-                                              help="Items waiting for the scorer; beyond, 503 + Retry-After."),
+                                              help="Items waiting for the scorer; beyond: 503."),
         verify_queue: int = typer.Option(_default("verify_queue"), help="/get_reward requests with labels "
                                          "verified or waiting; beyond, 503 + Retry-After."),
         analysis_queue: int = typer.Option(_default("analysis_queue"), help="/score requests with analysis "

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import console, user_errors
+from .common import console, progress, user_errors
 
 # Flags that are not plain TrainConfig fields: the positional pairs file and the -o short name.
 _SPECIAL = ("pairs", "output_dir")
@@ -78,7 +78,7 @@ def _run_lite(pairs: Optional[Path], output_dir: Path, shared: Optional[Path], g
     except ImportError as e:
         raise ValueError(f"--arch lite is not available in this build of thinkrm ({e})") from None
     train_lite(str(pairs) if pairs is not None else None, str(output_dir),
-               str(shared) if shared is not None else None, given.get("seed", 0))
+               str(shared) if shared is not None else None, given.get("seed", 0), progress=progress)
     console.print(f"[green]lite model written to[/] {output_dir}")
 
 
@@ -135,8 +135,13 @@ def register(app: typer.Typer) -> None:
     app.command("train")(_command())
 
 
-def standalone_app() -> typer.Typer:
-    """The same command as a one-command app, for `python -m thinkrm.train` under `accelerate launch`."""
+def main(argv: list[str] | None = None) -> None:
+    """`python -m thinkrm.cli.train` (what `accelerate launch` and `torchrun` run on every rank): the flags of
+    `thinkrm train` as a one-command program, without the other commands' imports."""
     app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
     app.command()(_command())
-    return app
+    app(args=argv)
+
+
+if __name__ == "__main__":
+    main()
