@@ -674,9 +674,3 @@ def _close(lv: float, rv: float, right: str) -> bool:
         return any(math.isclose(rv, v / q, rel_tol=1e-9, abs_tol=1e-3 / q)
                    for v in (round(lv * q), math.trunc(lv * q)))
     return False
-
-
-def signal_table() -> list[dict[str, str]]:
-    """The definitions as rows (dimension, name, better, definition), for docs and the report legend."""
-    return [{"dimension": s.dimension, "name": s.name, "better": s.better, "definition": s.definition}
-            for s in SIGNALS.values()]
