@@ -44,23 +44,25 @@ class Client(ThinkrmScorer):
             return [row for rows in pool.map(self._analyze_chunk, chunks) for row in rows]
 
     def _analyze_chunk(self, items: list[Item]) -> list[dict[str, Any]]:
-        body = self._post({"items": [{"prompt": p, "response": r} for p, r in items], "analysis": True})
+        payload = {"items": [{"prompt": p, "response": r} for p, r in items], "analysis": True}
+        url, body = self.pool.post_json(self.endpoint, payload)
         try:
             scores, analyses = body["scores"], body["analyses"]
             if not (isinstance(scores, list) and isinstance(analyses, list)
                     and len(scores) == len(analyses) == len(items)):
                 raise ValueError(f"expected {len(items)} scores and analyses")
         except (KeyError, TypeError, ValueError) as e:
-            raise ServerResponseError(self.url, f"unexpected answer to an analysis request ({e})", status=200,
+            raise ServerResponseError(url, f"unexpected answer to an analysis request ({e})", status=200,
                                       body=str(body)) from None
         return [{"score": float(s), "me2": a} for s, a in zip(scores, analyses)]
 
     def health(self) -> dict[str, Any]:
         """The server's `/health` answer (`status`, `scorer`, `model`, `version`); raises if unreachable."""
-        httpx = self._httpx
+        import httpx
+
         url = self.base_url + "/health"
         try:
-            resp = self._client.get(url)
+            resp = self.pool.client.get(url)
         except httpx.TransportError as e:
             raise ConnectionError(f"cannot reach {url}: {e}") from None
         if resp.status_code != 200:

@@ -142,11 +142,11 @@ def _checked(obj: Any, path: Path, line: int, *, texts: bool, depth: bool) -> di
             # Strings are checked in place and a path is built only for a container or an error: most
             # values are strings, and this runs on every row that has a risky escape.
             if texts and isinstance(key, str):
-                problem = _text_problem(key)
+                problem = text_problem(key)
                 if problem:
                     return InputError(f"a key {problem}", file=path, line=line, field=where or None)
             if isinstance(child, str):
-                problem = _text_problem(child) if texts else None
+                problem = text_problem(child) if texts else None
                 if problem:
                     return InputError(problem, file=path, line=line, field=_field(where, key))
             elif isinstance(child, (dict, list)):
@@ -160,7 +160,7 @@ def _field(where: str, key: str | int) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _text_problem(text: str) -> str | None:
+def text_problem(text: str) -> str | None:
     """Why `text` cannot be carried through thinkrm, or None. A lone surrogate (from a `\\ud800`-style
     escape) cannot be encoded as UTF-8, so no output or tokenizer can take it; a NUL character is binary
     data, not text."""

@@ -65,27 +65,12 @@ class RemoteScorer(Scorer):
         """Attempts, retries included; tests and logs read it."""
         return self.pool.requests_sent
 
-    # `thinkrm.client.Client.health` sends its GET through these.
-    @property
-    def _client(self) -> Any:
-        return self.pool.client
-
-    @property
-    def _httpx(self) -> Any:
-        import httpx
-
-        return httpx
-
     def _payload(self, items: list[Item]) -> dict[str, Any]:
         raise NotImplementedError
 
     def _parse(self, body: Any, n: int) -> list[Any]:
         """Raw score values from a decoded JSON answer; raise `ValueError` naming what is wrong."""
         raise NotImplementedError
-
-    def _post(self, payload: dict[str, Any]) -> Any:
-        """POST to whichever replica is up; returns the decoded JSON body."""
-        return self.pool.post_json(self.endpoint, payload)[1]
 
     def _score_chunk(self, items: list[Item]) -> list[float]:
         url, body = self.pool.post_json(self.endpoint, self._payload(items))

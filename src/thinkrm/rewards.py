@@ -89,6 +89,19 @@ def gated(r_v: float, r_t: float, alpha: float = 0.2, *, normalize: str = "none"
     return r_v * (1.0 - alpha + alpha * sigmoid(r_t))
 
 
+def resolve_normalize(normalize: str, calibration: Calibration | None, scorer: str, *, fix: str) -> str:
+    """`normalize` with "auto" decided ("calibrated" when a calibration is known, else "group"); "calibrated"
+    without a calibration is an error naming the scorer and `fix`, how the caller supplies one."""
+    _check_normalize(normalize)
+    if normalize == "auto":
+        return "calibrated" if calibration is not None else "group"
+    if normalize == "calibrated" and calibration is None:
+        raise ValueError(f"normalize='calibrated' but scorer {scorer!r} has no calibration: pass {fix}, "
+                         "measured with `thinkrm calibrate` on correct traces; or use normalize='group' "
+                         "where whole groups are scored together")
+    return normalize
+
+
 def group_keys(prompts: Sequence[Any]) -> list[Hashable]:
     """One key per prompt such that completions of the same prompt (a GRPO group) share it."""
     return [p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str) for p in prompts]
@@ -304,16 +317,9 @@ class ThinkingReward:
         calibration = self.calibration
         if calibration is None and self.normalize in ("auto", "calibrated"):
             calibration = getattr(self.scorer, "calibration", None)
-        if self.normalize == "auto":
-            return ("calibrated" if calibration is not None else "group"), calibration
-        if self.normalize == "calibrated" and calibration is None:
-            spec = getattr(self.scorer, "spec", self.scorer_spec)
-            raise ValueError(
-                f"normalize='calibrated' but scorer {spec!r} has no "
-                "calibration: pass calibration='CENTER,SCALE' (or a checkpoint directory that records one; "
-                "measure it with thinkrm.calibration.fit_calibration on scores of correct traces), or use "
-                "normalize='group' where whole groups are scored together")
-        return self.normalize, calibration
+        spec = getattr(self.scorer, "spec", self.scorer_spec)
+        fix = "calibration='CENTER,SCALE' (or a checkpoint directory that records one)"
+        return resolve_normalize(self.normalize, calibration, spec, fix=fix), calibration
 
     def compute(self, prompts: Sequence[str], responses: Sequence[str], golds: Sequence[str | None],
                 groups: Sequence[Hashable] | None = None) -> RewardBatch:

@@ -43,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from .calibration import parse_calibration
 from .formatting import Item
-from .rewards import gated_batch, group_keys, problem_from_chat, sigmoid
+from .io import text_problem
+from .rewards import gated_batch, group_keys, problem_from_chat, resolve_normalize, sigmoid
 from .rewards import recover_response as _recover_response
 from .scoring import Scorer, load_scorer
 from .serve_config import API_KEY_ENV, ServeConfig
@@ -440,18 +441,16 @@ class _Limits:
         return check_text(value, where)
 
 
-# JSON can carry what UTF-8 cannot: "\ud800" decodes to a lone surrogate, which tokenizers refuse (the scorer
-# then fails for every request merged with it), and NUL ends strings in C libraries.
-_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
-
-
 def check_text(value: str, where: str) -> str:
-    """`value`, or a 422 naming `where` and the first character no scorer or verifier can take."""
-    bad = _BAD_CHAR.search(value)
-    if bad is None:
+    """`value`, or a 422 naming `where` and the first character no scorer or verifier can take.
+
+    JSON can carry what UTF-8 cannot: "\\ud800" decodes to a lone surrogate, which tokenizers refuse (the
+    scorer then fails for every request merged with it). The rule is the one input files follow
+    (`thinkrm.io.text_problem`), so a row `thinkrm score` refuses is refused here too."""
+    problem = text_problem(value)
+    if problem is None:
         return value
-    what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate (invalid Unicode)"
-    raise RequestProblem(422, f"{where} contains {what}, U+{ord(bad.group()):04X} at character {bad.start()}")
+    raise RequestProblem(422, f"{where} {problem}")
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -548,12 +547,7 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None):
     scorer = load_scorer(scorer) if owns_scorer else scorer
     model_name = config.model_name or getattr(scorer, "spec", "") or type(scorer).__name__
     calibration = parse_calibration(config.calibration) or getattr(scorer, "calibration", None)
-    normalize = config.normalize
-    if normalize == "auto":
-        normalize = "calibrated" if calibration is not None else "group"
-    if normalize == "calibrated" and calibration is None:
-        raise ValueError(f"--normalize calibrated, but scorer {model_name!r} has no calibration: pass "
-                         "--calibration CENTER,SCALE (measure it with `thinkrm calibrate`)")
+    normalize = resolve_normalize(config.normalize, calibration, model_name, fix="--calibration CENTER,SCALE")
     metrics = Metrics(config.max_batch_size)
     work: dict[str, Any] = {}  # made in the server's event loop (lifespan), used by the handlers
     limits = _Limits(config)
