@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from thinkrm.formatting import Item  # noqa: E402
-from thinkrm.lite import (DEFAULT_DIR, POOLS, PRM_PAIRS, SPEED_BEGIN, SPEED_END, Dataset, Embedder,  # noqa: E402
-                          LiteModel, default_cache_dir, evaluate, results_markdown)
+from thinkrm.lite import (DEFAULT_DIR, POOLS, PRM_PAIRS, Dataset, Embedder, LiteModel,  # noqa: E402
+                          default_cache_dir, evaluate, results_markdown)
+from thinkrm.lite.card import SPEED_BEGIN, SPEED_END  # noqa: E402
 
 STEP = ("Then we multiply the two factors, 12 * 7 = 84, and we add the remainder 5 to get 89. "
         "Wait, let me double-check the product: 12 * 7 is 84, so the total is 89.\n\n")

@@ -11,8 +11,17 @@ import pytest
 
 from thinkrm.formatting import Item
 from thinkrm.io import InputError
-from thinkrm.lite import (DEFAULT_DIR, LiteConfig, LiteModel, LiteScorer, segments, select, source_weights,
-                          split_groups, train_lite)
+from thinkrm.lite import (
+    DEFAULT_DIR,
+    LiteConfig,
+    LiteModel,
+    LiteScorer,
+    segments,
+    select,
+    source_weights,
+    train_lite,
+)
+from thinkrm.lite.recipe import split_groups
 from thinkrm.scoring import load_scorer
 from thinkrm.trace import load_traces
 
@@ -117,10 +126,10 @@ def test_ensemble_scores_the_mean_of_differently_seeded_heads():
     model = LiteModel.new(cfg, seed=7)
     traces = list(load_traces(EXAMPLES))[:4]
     f = featurize([Item(t.prompt, t.reasoning) for t in traces], cfg, Embedder())
-    from thinkrm.lite import _tensors
+    from thinkrm.lite.model import tensors
 
     with torch.inference_mode():
-        heads = [m(*_tensors(f)).numpy() for m in model.net.members]
+        heads = [m(*tensors(f)).numpy() for m in model.net.members]
     assert not np.allclose(heads[0], heads[1])  # seeds 7 and 8 start apart
     assert np.allclose(model.score_features(f), np.mean(heads, 0), atol=1e-6)
     again = LiteModel.new(cfg, seed=7)
@@ -128,11 +137,11 @@ def test_ensemble_scores_the_mean_of_differently_seeded_heads():
 
 
 def test_grounding_counts_terms_said_anywhere_before():
-    from thinkrm.lite import SEGMENT_FEATURES, _parse
+    from thinkrm.lite.features import SEGMENT_FEATURES, parse
 
     reasoning = ("The box holds 12 apples.\n\nSo the box holds 12 apples.\n\nEach apple weighs 150 grams.\n\n"
                  "Then 12 apples weigh 1800 grams.")
-    texts, x, _ = _parse(Item("A box holds 12 apples.", reasoning), LiteConfig(max_segments=2, use_structure=False))
+    texts, x, _ = parse(Item("A box holds 12 apples.", reasoning), LiteConfig(max_segments=2, use_structure=False))
     assert texts == ["The box holds 12 apples.", "Then 12 apples weigh 1800 grams."]
     said = x[:, SEGMENT_FEATURES.index("said_before") - 3]  # the first three are the embedding similarities
     # The first paragraph only restates the prompt; the last says 12, apples and grams again (the unembedded
@@ -145,7 +154,8 @@ def test_head_equals_the_plain_segment_mlp_over_every_real_slot():
     # (segment, prompt) combinations; that must be the same function as the MLP applied slot by slot.
     import torch
 
-    from thinkrm.lite import SEGMENT_FEATURES, Features, _tensors, glob_width
+    from thinkrm.lite.features import SEGMENT_FEATURES, Features, glob_width
+    from thinkrm.lite.model import tensors
 
     cfg = LiteConfig(max_segments=6, hidden=8, glob_hidden=4, ensemble=1)
     net = LiteModel.new(cfg, seed=3).net.members[0]
@@ -154,7 +164,7 @@ def test_head_equals_the_plain_segment_mlp_over_every_real_slot():
     f = Features(rng.standard_normal((10, 384)).astype(np.float32), np.array([0, 0, 1, 1]), seg_idx,
                  rng.standard_normal((4, 6, len(SEGMENT_FEATURES))).astype(np.float32),
                  rng.standard_normal((4, glob_width(cfg))).astype(np.float32))
-    table, p_idx, s_idx, s_x, glob = _tensors(f)
+    table, p_idx, s_idx, s_x, glob = tensors(f)
     with torch.inference_mode():
         got = net(table, p_idx, s_idx, s_x, glob)
         for b in range(4):
@@ -169,31 +179,34 @@ def test_head_equals_the_plain_segment_mlp_over_every_real_slot():
 
 
 def test_parsed_feature_cache_is_reused_until_the_featurising_code_changes(tmp_path, monkeypatch):
-    import thinkrm.lite as lite
+    from thinkrm import lite
+    from thinkrm.lite import cache as lite_cache
+    from thinkrm.lite.features import parse as lite_parse
 
     cfg, items = LiteConfig(max_segments=4), [Item("Add 2 and 3.", "2 + 3 = 5.\n\nSo the answer is 5.")]
     calls = []
 
     def parse(item, config):
         calls.append(item)
-        return lite._parse(item, config)
+        return lite_parse(item, config)
 
     first = lite.Embedder(tmp_path).parsed_items(items, cfg, parse)
     lite.Embedder(tmp_path).parsed_items(items, cfg, parse)  # a new process reads the shard
     assert len(calls) == 1
-    monkeypatch.setattr(lite, "_parse_code_version", lambda: "an edited me2.py")
+    monkeypatch.setattr(lite_cache, "parse_code_version", lambda: "an edited me2.py")
     again = lite.Embedder(tmp_path).parsed_items(items, cfg, parse)
     assert len(calls) == 2 and np.array_equal(again[0][2], first[0][2])
 
 
 def test_parsed_cache_reads_back_what_was_parsed(tmp_path):
-    import thinkrm.lite as lite
+    from thinkrm import lite
+    from thinkrm.lite.features import parse as lite_parse
 
     cfg = LiteConfig(max_segments=4)
     items = [Item("Add 2 and 3.", "2 + 3 = 5.\n\nSo the answer is 5."), Item("Σ?", "é ∑ \ud800 done."),
              Item("Q", "one segment")]
-    fresh = lite.Embedder().parsed_items(items, cfg, lite._parse)
-    lite.Embedder(tmp_path).parsed_items(items, cfg, lite._parse)
+    fresh = lite.Embedder().parsed_items(items, cfg, lite_parse)
+    lite.Embedder(tmp_path).parsed_items(items, cfg, lite_parse)
     read = lite.Embedder(tmp_path).parsed_items(items, cfg, lambda *a: pytest.fail("parsed again"))
     for (texts, pos, glob), (t2, p2, g2) in zip(fresh, read):
         assert texts == t2 and np.array_equal(pos, p2) and np.array_equal(glob, g2) and p2.dtype == np.float32
@@ -214,13 +227,15 @@ class _Payload:
 def test_a_planted_pickle_in_the_cache_never_runs(tmp_path):
     import pickle
 
-    import thinkrm.lite as lite
+    from thinkrm import lite
+    from thinkrm.lite import cache as lite_cache
+    from thinkrm.lite.features import parse as lite_parse
 
     cache, marker = tmp_path / "cache", tmp_path / "pwned"
     cache.mkdir(mode=0o700)
     # The old shard format, under the name the old code loaded, is not read at all.
-    (cache / f"parsed_{lite._parse_code_version()}-0.pkl").write_bytes(pickle.dumps({b"k": _Payload(marker)}))
-    lite.Embedder(cache).parsed_items([Item("Q", "A.")], LiteConfig(max_segments=4), lite._parse)
+    (cache / f"parsed_{lite_cache.parse_code_version()}-0.pkl").write_bytes(pickle.dumps({b"k": _Payload(marker)}))
+    lite.Embedder(cache).parsed_items([Item("Q", "A.")], LiteConfig(max_segments=4), lite_parse)
     assert not marker.exists()
     # An npz whose arrays are pickled objects is refused, naming the file, without unpickling them.
     with open(cache / "emb-1.npz", "wb") as f:
@@ -233,7 +248,7 @@ def test_a_planted_pickle_in_the_cache_never_runs(tmp_path):
 def test_the_cache_folder_is_private_to_its_user(tmp_path, monkeypatch):
     import os
 
-    import thinkrm.lite as lite
+    from thinkrm import lite
 
     monkeypatch.delenv("THINKRM_LITE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -278,7 +293,7 @@ def test_split_is_by_group_and_reproducible_and_sources_weigh_equally(monkeypatc
     w = source_weights(pairs)
     assert w[:90].sum() == pytest.approx(w[90:].sum())
     # A pool-specific share (`verified:gsm8k`) overrides the share of its kind (`verified`).
-    from thinkrm import lite
+    from thinkrm.lite import recipe as lite
 
     pairs = [Pair(str(i), "p", "a", "b", extra={"source": "prmbench" if i < 50 else "verified:gsm8k"})
              for i in range(100)]
