@@ -12,11 +12,19 @@ LOW_STAMP := $(LOW_VENV)/.installed
 LOW_TESTS := tests/test_train.py tests/test_hf_scorer.py tests/test_tiny_models.py tests/test_rewards.py \
 	tests/test_verl_reward.py tests/test_openrlhf_reward.py
 # The slow ones that touch version-dependent code: multi-process training, LoRA merge (peft), resume from a
-# Trainer checkpoint, and TRL's real GRPO loop calling the reward (about 35 s of the ~90 s test-low spends).
+# Trainer checkpoint, TRL's real GRPO loop calling the reward (about 35 s of the ~90 s test-low spends), bad
+# pairs and margins through TRL's loss, and the hf: scorer against a plain forward pass (tokenizer padding
+# side, pad/EOS handling); these last six add about 15 s.
 LOW_SLOW := tests/test_train.py::test_two_process_launch_trains_once_and_saves_once \
 	tests/test_train.py::test_lora_run_is_merged_into_a_plain_checkpoint \
 	tests/test_train.py::test_resume_continues_from_the_last_checkpoint \
-	tests/test_rewards.py::test_real_grpo_trainer_steps_with_the_gated_reward
+	tests/test_train.py::test_bad_pairs_are_counted_and_skipped \
+	tests/test_train.py::test_margins_enter_the_loss_unless_disabled \
+	tests/test_rewards.py::test_real_grpo_trainer_steps_with_the_gated_reward \
+	tests/test_hf_scorer.py::test_scores_equal_plain_forward_and_keep_input_order \
+	tests/test_hf_scorer.py::test_tokenizer_padding_side_does_not_matter \
+	tests/test_hf_scorer.py::test_checkpoint_without_pad_token_reads_true_last_token \
+	tests/test_hf_scorer.py::test_pad_equal_to_eos_is_not_trusted
 
 .PHONY: venv demo test test-fast test-low bench lite-model browser clean
 
@@ -63,7 +71,7 @@ bench: venv
 
 # Weights, split.json and MODEL_CARD.md from the shared data (seed 0), then the speed section of the card.
 lite-model: venv
-	$(BIN)/thinkrm train --arch lite --shared $(SHARED) -o src/thinkrm/data/lite --seed 0
+	$(BIN)/thinkrm train-lite --shared $(SHARED) -o src/thinkrm/data/lite --seed 0
 	$(BIN)/python benchmarks/bench_lite.py --shared $(SHARED) --skip-quality --write-card
 
 # Debian's Chromium for the HTML report test (the test skips without it; CI installs it).

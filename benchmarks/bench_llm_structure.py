@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from scripted_llm import Reply, ScriptedServer  # noqa: E402
-from thinkrm import prompts as P  # noqa: E402
 from thinkrm.dag import build_dag  # noqa: E402
 from thinkrm.embed import model_path  # noqa: E402
 from thinkrm.llm import LLMConfig  # noqa: E402
-from thinkrm.llm_structure import BatchLLMStructurer, LLMStructurer  # noqa: E402
+from thinkrm.llm import prompts as P  # noqa: E402
+from thinkrm.llm.structuring import BatchLLMStructurer, LLMStructurer  # noqa: E402
 from thinkrm.steps import split_steps  # noqa: E402
 from thinkrm.trace import split_response  # noqa: E402
 

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 # (script, needs shared data, extra arguments)
 BENCHMARKS = [
     ("bench_pipeline.py", True, ["--embedding-traces", "4"]),
+    ("bench_adversarial.py", False, ["--repeats", "1"]),
     ("bench_hf_scorer.py", False, []),
     ("bench_train.py", False, []),
     ("bench_serve.py", False, []),

@@ -235,8 +235,13 @@ def test_subsets_do_not_depend_on_which_rules_run():
     assert alone["baselines"]["random"] == everything["baselines"]["random"]
 
 
-def test_score_caches_of_long_specs_with_a_shared_prefix_stay_apart():
-    from thinkrm.bon import _slug
-
+def test_score_caches_of_long_specs_with_a_shared_prefix_stay_apart(tmp_path):
+    rows = pool("a", [("1", True, 1), ("2", False, 2)])
     base = "hf:/" + "very/long/shared/checkpoint/path/" * 3
-    assert _slug(base + "checkpoint-1000") != _slug(base + "checkpoint-2000")
+    scorers = [CountingScorer(), CountingScorer()]
+    for scorer, checkpoint in zip(scorers, ["checkpoint-1000", "checkpoint-2000"]):
+        scorer.spec = base + checkpoint
+        best_of_n(rows, scorer, ns=[2], repeats=1, cache_dir=tmp_path, workers=1)
+    assert [s.seen for s in scorers] == [2, 2]  # the second checkpoint did not read the first one's scores
+    caches = sorted(p.name for p in tmp_path.glob("scores-*.jsonl"))
+    assert len(caches) == 2 and all(len(name) < 100 for name in caches), caches

@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from scripted_llm import Reply, ScriptedServer, always, prefers
-from thinkrm import prompts as P
-from thinkrm.build_pairs import BuildConfig, build_pairs, sample_pairs
 from thinkrm.cli import app
 from thinkrm.io import read_jsonl
-from thinkrm.judge import JudgeConfig
 from thinkrm.llm import LLMConfig
+from thinkrm.llm import prompts as P
+from thinkrm.llm.build_pairs import BuildConfig, build_pairs, sample_pairs
+from thinkrm.llm.judge import JudgeConfig
 
 PROBLEMS = [{"id": "apples", "prompt": "3 boxes of x apples and 5 more make 20. What is x?", "gold": "5"},
             {"id": "eggs", "prompt": "Two dozen eggs minus 12 eggs is how many eggs?", "answer": "12"}]
@@ -117,8 +117,8 @@ def test_position_biased_judge_yields_no_pairs_and_bad_gold_is_reported(tmp_path
 
 def test_verify_stage_with_the_llm_verifier(tmp_path):
     """A model-based verifier in place of math-verify: it is shown each problem, its gold and the answer."""
-    from thinkrm.build_pairs import Builder
     from thinkrm.io import ResumableJsonl
+    from thinkrm.llm.build_pairs import Builder
 
     def verifier(body, n):
         gold = body["prompt"].split("### Ground Truth Answer: ")[1].split("\n")[0]
@@ -234,7 +234,7 @@ def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_generator_specs():
-    from thinkrm.build_pairs import Generator
+    from thinkrm.llm.build_pairs import Generator
 
     assert Generator.parse("small=Qwen/Qwen3-1.7B@http://h:8001/v1") == \
         Generator("small", "Qwen/Qwen3-1.7B", "http://h:8001/v1")

@@ -49,6 +49,7 @@ def read_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "analysis.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_examples_end_to_end(tmp_path):
     out = tmp_path / "demo"
     r = invoke(EXAMPLES, "-o", out, auto_scorer=True)

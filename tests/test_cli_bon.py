@@ -34,7 +34,7 @@ def test_writes_json_png_and_prints_the_table(tmp_path):
     cands = write_pool(tmp_path / "c.jsonl")
     out = tmp_path / "out"
     res = run("bon", cands, "--scorer", "length", "-o", out, "--n", "1,2,4,8", "--repeats", "5",
-              "--workers", "1")
+              "--verify-workers", "1")
     assert res.exit_code == 0, res.output
     for word in ("argmax", "weighted-vote", "random", "shortest", "longest", "oracle", "majority-vote",
                  "N=4"):
@@ -46,7 +46,7 @@ def test_writes_json_png_and_prints_the_table(tmp_path):
     assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name.split("-")[1] for p in out.glob("scores-*.jsonl")] == ["length"]
 
-    again = run("bon", cands, "--scorer", "length", "-o", out, "--workers", "1", "--n", "1,2,4",
+    again = run("bon", cands, "--scorer", "length", "-o", out, "--verify-workers", "1", "--n", "1,2,4",
                 "--repeats", "5")
     assert again.exit_code == 0, again.output
     assert "scored 0 candidates" in said(again) and "(24 cached)" in said(again)
@@ -62,7 +62,7 @@ def test_writes_json_png_and_prints_the_table(tmp_path):
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, fragment):
     cands = write_pool(tmp_path / "c.jsonl", problems=1)
-    res = run("bon", cands, "-o", tmp_path / "out", "--workers", "1", *args)
+    res = run("bon", cands, "-o", tmp_path / "out", "--verify-workers", "1", *args)
     assert res.exit_code == 2
     assert fragment in said(res) and "Traceback" not in res.output
     assert not (tmp_path / "out" / "bon.json").exists()
@@ -95,7 +95,7 @@ def test_bad_text_names_file_and_line_and_writes_nothing(tmp_path, bad, where):
     cands = write_pool(tmp_path / "c.jsonl", problems=1)
     with open(cands, "a") as f:
         f.write(bad + "\n")
-    res = run("bon", cands, "--scorer", "length", "-o", tmp_path / "out", "--workers", "1")
+    res = run("bon", cands, "--scorer", "length", "-o", tmp_path / "out", "--verify-workers", "1")
     assert res.exit_code == 2 and f"{cands}:5: {where}" in said(res) and "Traceback" not in res.output
     assert not (tmp_path / "out" / "bon.json").exists()
 
@@ -106,17 +106,17 @@ def test_outputs_never_replace_the_input_or_a_non_file(tmp_path):
 
     cands = write_pool(tmp_path / "c.jsonl", problems=1)
     before = cands.read_bytes()
-    res = run("bon", cands, "--scorer", "length", "-o", cands, "--workers", "1")
+    res = run("bon", cands, "--scorer", "length", "-o", cands, "--verify-workers", "1")
     assert res.exit_code == 2 and "exists and is not a directory" in said(res)
     out = tmp_path / "out"
     out.mkdir()
     (out / "bon.json").hardlink_to(cands)
-    res = run("bon", cands, "--scorer", "length", "-o", out, "--workers", "1")
+    res = run("bon", cands, "--scorer", "length", "-o", out, "--verify-workers", "1")
     assert res.exit_code == 2 and "bon.json: is the input file" in said(res)
     assert cands.read_bytes() == before
     (out / "bon.json").unlink()
     os.mkfifo(out / "bon.png")
-    res = run("bon", cands, "--scorer", "length", "-o", out, "--workers", "1")
+    res = run("bon", cands, "--scorer", "length", "-o", out, "--verify-workers", "1")
     assert res.exit_code == 2 and "bon.png: is a FIFO, not a regular file" in said(res)
     assert stat.S_ISFIFO(os.lstat(out / "bon.png").st_mode)
 

@@ -111,6 +111,7 @@ def test_scorer_problems_are_one_line_errors(tmp_path, args, words):
     assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_score_with_hf_checkpoint_matches_python_api(tmp_path, tiny_reward_model):
     from thinkrm.scoring import load_scorer
 

@@ -10,7 +10,7 @@ import thinkrm
 from thinkrm.formatting import Item
 from thinkrm.remote import ServerResponseError
 from thinkrm.scoring import LengthScorer, Scorer, load_scorer
-from thinkrm.serve import ServeConfig, running
+from thinkrm.serving import ServeConfig, running
 
 KEY = "client-key"
 ITEMS = [Item("What is 2+3?", "2 + 3 = 5.\n\nSo the answer is 5."),

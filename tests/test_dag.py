@@ -269,14 +269,12 @@ def test_unknown_structurer_is_a_clear_error():
         build_dag(LINEAR, object())
 
 
-def test_pathological_inputs_stay_fast():
-    import time
-
+def test_pathological_inputs_give_a_valid_dag():
+    """A million characters of turn after turn. Speed (~0.5 s here) is measured by
+    benchmarks/bench_adversarial.py; a quadratic pass would run into pytest's timeout."""
     text = ("Wait, maybe x = 3.\n\nAlternatively, x = 4 works better here for us.\n\n"
             "So combining both, x = 7 is the total we need in the end.\n\n") * 15000
-    t0 = time.perf_counter()
     dag = build_dag(text[:1_000_000])
-    assert time.perf_counter() - t0 < 5.0  # ~0.5 s here
     check_invariants(dag)
 
 

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_loading_the_encoder_leaves_the_hub_settings_alone():
     # HF_HUB_OFFLINE set for the whole process would force a later `hf:ORG/MODEL` load offline too; conftest
     # sets it for the test process, so this runs in a child without it.

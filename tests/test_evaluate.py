@@ -105,6 +105,7 @@ def test_scorer_returning_wrong_count_is_an_error():
         evaluate_pairs([Pair(id="1", prompt="Q", chosen="a", rejected="b")], Short())
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_hf_scorer_on_shared_prmbench_sample(shared_data, tiny_reward_model, tmp_path):
     from itertools import islice

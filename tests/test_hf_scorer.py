@@ -39,6 +39,7 @@ def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
 def test_scores_equal_plain_forward_and_keep_input_order(tiny_reward_model, batch_size):
     ref = reference(tiny_reward_model, ITEMS)
@@ -49,6 +50,7 @@ def test_scores_equal_plain_forward_and_keep_input_order(tiny_reward_model, batc
     assert got == pytest.approx(ref, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_tokenizer_padding_side_does_not_matter(tiny_reward_model, tmp_path):
     from transformers import AutoTokenizer
 
@@ -63,6 +65,7 @@ def test_tokenizer_padding_side_does_not_matter(tiny_reward_model, tmp_path):
     assert scores["left"] == pytest.approx(scores["right"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_without_pad_token_reads_true_last_token(tiny_reward_model_no_pad):
     from transformers import AutoTokenizer
 
@@ -72,6 +75,7 @@ def test_checkpoint_without_pad_token_reads_true_last_token(tiny_reward_model_no
     assert got == pytest.approx(ref, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_pad_equal_to_eos_is_not_trusted(tiny_reward_model_no_pad, tmp_path):
     from transformers import AutoTokenizer
 

@@ -236,3 +236,21 @@ def test_resume_refuses_a_corrupt_complete_line_instead_of_cutting_the_rest(tmp_
     with pytest.raises(InputError, match=r"store.jsonl:2: not a line this store wrote"):
         ResumableJsonl(p)
     assert p.read_text() == content
+
+
+def test_one_table_of_field_names_and_the_first_present_wins():
+    from thinkrm.io import GOLD_FIELDS, PROMPT_FIELDS, REASONING_FIELDS, RESPONSE_FIELDS, first_field
+
+    assert PROMPT_FIELDS == ("prompt", "question", "problem")
+    assert RESPONSE_FIELDS == ("response", "completion")
+    assert REASONING_FIELDS == ("reasoning", *RESPONSE_FIELDS)
+    assert GOLD_FIELDS == ("gold", "ground_truth", "answer", "solution")
+    rec = {"question": "q", "prompt": "p", "answer": "#### 4", "ground_truth": "4", "solution": "..."}
+    assert first_field(rec, PROMPT_FIELDS) == "prompt"  # order of the table, not of the record
+    assert first_field(rec, GOLD_FIELDS) == "ground_truth"
+    assert first_field({"prompt": None, "problem": "x"}, PROMPT_FIELDS) == "problem"  # null counts as absent
+    assert first_field({"answer": 0}, GOLD_FIELDS) == "answer"  # falsy values are values
+    assert first_field({"x": 1}, PROMPT_FIELDS) is None
+    chat = [{"role": "user", "content": "q"}]
+    assert first_field({"prompt": chat, "question": "q"}, PROMPT_FIELDS) == "prompt"  # caller checks the type
+    assert first_field({"prompt": chat, "question": "q"}, PROMPT_FIELDS, str) == "question"  # or skips others

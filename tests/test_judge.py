@@ -9,10 +9,11 @@ import re
 import pytest
 
 from scripted_llm import Reply, ScriptedServer, always, prefers, traces_in
-from thinkrm import prompts as P
 from thinkrm.io import InputError, read_jsonl
-from thinkrm.judge import JudgeConfig, PairInput, judge_file, judge_pair, load_judge_pairs, parse_decision, truncate
 from thinkrm.llm import LLMClient, LLMConfig
+from thinkrm.llm import prompts as P
+from thinkrm.llm.judge import (JudgeConfig, PairInput, judge_file, judge_pair, load_judge_pairs,
+                               parse_decision, truncate)
 
 GOOD = ("First, we set up the equation 3x + 5 = 20 for the apples in the basket, GOOD and direct.\n\n"
         "So subtracting five from both sides gives 3x = 15, and x = 5. The answer is 5.")
@@ -128,6 +129,7 @@ def write_pairs(path, n=3):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.slow
 def test_judge_file_is_resumable_and_summarises(tmp_path):
     pairs, out = tmp_path / "pairs.jsonl", tmp_path / "verdicts.jsonl"
     write_pairs(pairs)

@@ -220,10 +220,10 @@ async def _one(config: LLMConfig, plain_max: int = 8, messages=None):
 @pytest.mark.slow
 def test_pipeline_fails_closed_against_transformers_serve(transformers_server, tmp_path):
     """The tiny model answers nonsense: no label, no structure, no summary, no pair is ever guessed."""
-    from thinkrm.build_pairs import BuildConfig, build_pairs
     from thinkrm.dag import build_dag
-    from thinkrm.judge import JudgeConfig, PairInput, judge_pair
-    from thinkrm.llm_structure import BatchLLMStructurer, summarize_dag
+    from thinkrm.llm.build_pairs import BuildConfig, build_pairs
+    from thinkrm.llm.judge import JudgeConfig, PairInput, judge_pair
+    from thinkrm.llm.structuring import BatchLLMStructurer, summarize_dag
 
     url, model = transformers_server
     config = LLMConfig(base_url=url, model=model, backoff=0.01, max_retries=1, cache=str(tmp_path / "c.sqlite"))
@@ -275,3 +275,25 @@ def test_cache_key_separates_servers_serving_the_same_model_name():
     args = ("m", [{"role": "user", "content": "hi"}], {"temperature": 0.7}, 0)
     assert request_key("http://a/v1", *args) != request_key("http://b/v1", *args)
     assert request_key("http://a/v1", *args) == request_key("http://a/v1", *args)
+
+
+def test_ask_until_valid_reasks_hotter_with_fresh_samples_then_gives_up():
+    """The one re-ask loop of the pipeline: first ask at the caller's temperature, re-asks at
+    max(temperature, 0.7), each attempt its own sample index (cache entry and seed)."""
+    from thinkrm.llm import ask_until_valid, retry_temperature
+
+    assert [retry_temperature(0.0, k) for k in range(3)] == [0.0, 0.7, 0.7]
+    assert [retry_temperature(1.0, k) for k in range(2)] == [1.0, 1.0]
+    parse = lambda text: int(text) if text.isdigit() else None  # noqa: E731
+
+    async def ask(url, **kw):
+        async with LLMClient(cfg(url)) as llm:
+            return await ask_until_valid(llm, MSG, parse, **kw)
+    with ScriptedServer(lambda body, n: Reply("5" if n == 2 else "five")) as srv:
+        got = asyncio.run(ask(srv.url, retries=3, sample=100, stage="t"))
+    assert got.value == 5 and got.attempts == 3 and got.last.text == "5"
+    assert [r["temperature"] for r in srv.requests] == [0.0, 0.7, 0.7]
+    assert [r.get("seed") for r in srv.requests] == [None, 101, 102]
+    with ScriptedServer(lambda body, n: Reply("five")) as srv:
+        got = asyncio.run(ask(srv.url, retries=1, temperature=0.9))
+    assert got.value is None and got.attempts == 2 and [r["temperature"] for r in srv.requests] == [0.9, 0.9]

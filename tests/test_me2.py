@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -314,29 +312,15 @@ def test_any_text_gives_bounded_signals_and_valid_findings(text):
         assert 0 <= f.start <= f.end <= len(text) and 0 <= f.step < max(1, a.size["steps"])
 
 
-def test_a_100k_character_trace_is_analysed_well_under_a_second():
+def test_a_100k_character_trace_is_analysed_in_full():
+    """Speed (well under a second of CPU) is measured by benchmarks/bench_adversarial.py on this input, and on
+    real long traces (issue 2's median < 20 ms) by benchmarks/bench_pipeline.py."""
     para = ("Wait, let me check the sum again: 17 + 25 = 42 and 42 * 3 = 126, so x = 126.\n\n"
             "Alternatively, compute 126 / 3 = 42 first, then hmm, subtract 25 to get 17.\n\n"
             "So the total is 126 after all, which matches the earlier value of the expression.\n\n")
     text = (para * (100_000 // len(para) + 1))[:100_000]
-    t0 = time.process_time()
     a = analyze(text, prompt="Compute 17 + 25, then triple it.")
-    elapsed = time.process_time() - t0
     assert a.size["chars"] == 100_000 and a.flat()["arithmetic_checked"] > 1000
-    assert elapsed < 1.0, f"analyze took {elapsed:.2f} s of CPU on 100k characters"
-
-
-@pytest.mark.shared_data
-def test_long_real_traces_are_fast(shared_data):
-    """Partition + DAG + ME² on real long traces: median well under 20 ms (issue 2's target)."""
-    times = []
-    for i, t in enumerate(load_traces(shared_data / "skythought-math500" / "candidates.jsonl")):
-        if i >= 200:
-            break
-        t0 = time.process_time()
-        analyze(t)
-        times.append(time.process_time() - t0)
-    assert statistics.median(times) < 0.020 and max(times) < 1.0
 
 
 # One phrase per alternative of each pattern that opens with a first-letter lookahead (a speed-up): the

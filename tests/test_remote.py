@@ -216,7 +216,7 @@ def test_url_is_required():
 
 def test_every_client_protocol_against_the_real_thinkrm_server(monkeypatch):
     """End to end: thinkrm's own server answers all four protocols; each client must get in-process scores."""
-    serve = pytest.importorskip("thinkrm.serve")
+    serve = pytest.importorskip("thinkrm.serving.server")
     monkeypatch.delenv("THINKRM_API_KEY", raising=False)
     items = ITEMS + [("Q8", "line one\n\nline two\nline three")]
     want = load_scorer("length").score(items)

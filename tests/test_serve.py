@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from thinkrm.formatting import Item, format_input
 from thinkrm.rewards import gated, sigmoid
 from thinkrm.scoring import LengthScorer
-from thinkrm.serve import ServeConfig, running, split_formatted
+from thinkrm.serving import ServeConfig, running, split_formatted
 from thinkrm.verifiers import Verifier, VerifierReport
 
 KEY = "test-key"
@@ -539,7 +539,7 @@ def test_cli_reports_a_busy_port_as_one_line():
 SLOW_SERVER = """
 import time
 from thinkrm.scoring import LengthScorer
-from thinkrm.serve import ServeConfig, serve
+from thinkrm.serving import ServeConfig, serve
 
 class Slow(LengthScorer):
     def score(self, items):
@@ -619,7 +619,7 @@ def _content_length(data: bytes) -> int:
 def test_a_keep_alive_connection_reused_after_sigterm_gets_503_not_a_reset():
     """Nothing in flight, so the server used to exit at once and a client reusing its idle keep-alive
     connection was reset; the server now waits for open connections (up to --keep-alive-timeout-s)."""
-    code = ("from thinkrm.scoring import LengthScorer\nfrom thinkrm.serve import ServeConfig, serve\n"
+    code = ("from thinkrm.scoring import LengthScorer\nfrom thinkrm.serving import ServeConfig, serve\n"
             "serve(ServeConfig(port=0, keep_alive_timeout_s=3), LengthScorer(), "
             "on_ready=lambda url: print(url, flush=True))")
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -658,7 +658,7 @@ import resource
 # 192 descriptors in all, as a small container might allow: 64 connections after the server's reserve.
 resource.setrlimit(resource.RLIMIT_NOFILE, (192, 192))
 from thinkrm.scoring import LengthScorer
-from thinkrm.serve import ServeConfig, serve
+from thinkrm.serving import ServeConfig, serve
 config = ServeConfig(port=0, header_timeout_s=2, body_timeout_s=2, max_header_bytes=16384)
 serve(config, LengthScorer(), on_ready=lambda url: print(url, flush=True))
 """
@@ -692,24 +692,21 @@ def _closed_by_server(sock: socket.socket) -> bool:
 
 
 @pytest.mark.slow
-def test_slow_and_oversized_clients_do_not_cost_ordinary_requests_their_latency():
+def test_slow_and_oversized_clients_do_not_make_ordinary_requests_fail():
     """300 half-sent requests (more than the server has descriptors for), oversized headers and a stalled
-    body: ordinary requests, each on a new connection, keep succeeding at about their quiet latency. Before
-    the limits, the held connections used up the descriptors and every ordinary request failed."""
+    body: ordinary requests, each on a new connection, keep succeeding. Before the limits, the held
+    connections used up the descriptors and every ordinary request failed. Their latency meanwhile (quiet vs
+    hostile) is measured by benchmarks/bench_reliability.py ("slow headers")."""
     body = {"items": [{"prompt": "p", "response": "abc"}]}
 
-    def ordinary_p50(url: str, n: int = 15) -> float:
-        latencies = []
+    def ordinary_requests_succeed(url: str, n: int = 15) -> None:
         for _ in range(n):
-            start = time.perf_counter()
             r = httpx.post(f"{url}/score", json=body, timeout=10)
             assert r.status_code == 200 and r.json() == {"scores": [-3.0]}
-            latencies.append(time.perf_counter() - start)
-        return sorted(latencies)[n // 2]
 
     with server_process(HOSTILE_SERVER) as (_, url):
         address = _address(url)
-        quiet = ordinary_p50(url)
+        ordinary_requests_succeed(url)
         slow = []
         for _ in range(300):
             s = socket.create_connection(address, timeout=10)
@@ -717,7 +714,7 @@ def test_slow_and_oversized_clients_do_not_cost_ordinary_requests_their_latency(
             slow.append(s)
         stalled = socket.create_connection(address, timeout=10)
         stalled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"items\"")
-        hostile = ordinary_p50(url)
+        ordinary_requests_succeed(url)  # with all of them held
         with socket.create_connection(address) as whole, socket.create_connection(address) as streamed:
             # A whole head over the limit, and one still growing: the second is cut off while it streams.
             whole.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
@@ -733,7 +730,6 @@ def test_slow_and_oversized_clients_do_not_cost_ordinary_requests_their_latency(
             s.close()
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert held == 0
-    assert quiet < 1 and hostile < 5 * quiet + 0.1, (quiet, hostile)
     for reason in ("idle_evicted", "header_timeout", "header_too_large"):
         assert f'thinkrm_connections_closed_total{{reason="{reason}"}}' in metrics, reason
 
@@ -764,7 +760,7 @@ def test_thinkrm_serve_command_end_to_end():
 
 
 LITE_SERVER = """
-from thinkrm.serve import ServeConfig, serve
+from thinkrm.serving import ServeConfig, serve
 serve(ServeConfig(scorer="lite", port=0), on_ready=lambda url: print(url, flush=True))
 """
 STEPS = ["Let me compute 12 + 30 = 42.", "Wait, that is wrong. Actually 7 * 8 = 56, not 54.",
@@ -782,7 +778,7 @@ def _rss_mib(pid: int) -> float:
 def test_a_long_running_lite_server_reaches_a_memory_plateau():
     """Rounds of varied traffic (traces of 1-40 steps, prompts of varied length, so every scorer call has a
     new shape): RSS after round 10 within 10% of round 3. The model's heap used to keep what each shape
-    freed; the server now hands free heap pages back (serve._HeapTrimmer)."""
+    freed; the server now hands free heap pages back (thinkrm.serving.batcher._HeapTrimmer)."""
     import random
 
     rng = random.Random(0)

@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from thinkrm.scoring import LengthScorer
-from thinkrm.serve import ServeConfig, create_app, running
+from thinkrm.serving import ServeConfig, create_app, running
 
 KEY = "schema-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -132,16 +131,14 @@ def test_default_lexicon_is_used_when_none_is_given():
     assert len(split_steps(text)) == 2
 
 
-def test_a_million_characters_in_linear_time_and_capped():
+def test_a_million_characters_are_partitioned_and_capped():
+    """Speed (~0.3 s here; a quadratic pass would take minutes) is measured by benchmarks/bench_adversarial.py."""
     para = ("So we continue with the computation of the next term in the series, which is {i}.\n\n"
             "The partial sum so far equals {i} squared.\n\n")
     text = "".join(para.format(i=i) for i in range(8000))[:1_000_000]
-    t0 = time.perf_counter()
     steps = split_steps(text, LEX)
-    elapsed = time.perf_counter() - t0
     check_invariants(text, steps)
     assert len(steps) == MAX_STEPS
-    assert elapsed < 3.0  # ~0.3 s here; a quadratic pass would take minutes
     one_paragraph = "x" * 1_000_000
     steps = split_steps(one_paragraph, LEX)
     check_invariants(one_paragraph, steps)

@@ -8,10 +8,12 @@ from thinkrm.dag import build_dag
 from thinkrm.delimiters import Lexicon
 from thinkrm.structurers import (
     STRUCTURERS,
+    BatchStructurer,
     EmbeddingStructurer,
     HeuristicStructurer,
     Proposal,
     StepRef,
+    Structurer,
     View,
     cue_of,
     get_structurer,
@@ -129,9 +131,18 @@ def test_registry_errors_are_clear(monkeypatch):
     assert isinstance(get_structurer("heuristic"), HeuristicStructurer)
 
 
-def test_llm_names_resolve_lazily_to_llm_structure():
-    assert STRUCTURERS["llm"].startswith("thinkrm.llm_structure:")
-    assert STRUCTURERS["llm-batch"].startswith("thinkrm.llm_structure:")
+def test_llm_names_resolve_lazily_to_llm_structuring():
+    assert STRUCTURERS["llm"].startswith("thinkrm.llm.structuring:")
+    assert STRUCTURERS["llm-batch"].startswith("thinkrm.llm.structuring:")
+
+
+def test_every_registered_structurer_follows_a_documented_protocol():
+    """`Structurer` / `BatchStructurer` are the interface `get_structurer` returns: each built-in follows one.
+    (The LLM ones open no connection until their first proposal, so building them needs no server.)"""
+    for name in STRUCTURERS:
+        s = get_structurer(name)
+        assert isinstance(s, BatchStructurer if name == "llm-batch" else Structurer), name
+        assert s.name == name
 
 
 class FakeEncoder:

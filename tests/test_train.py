@@ -258,6 +258,7 @@ def test_pad_token_is_added_when_base_has_none(tmp_path, tiny_reward_model_no_pa
     assert model.get_input_embeddings().num_embeddings >= len(tok)
 
 
+@pytest.mark.slow
 def test_bad_pairs_are_counted_and_skipped(tmp_path, tiny_reward_model):
     long = " ".join(["first note the sum of digits"] * 80)
     rows = make_pairs(8, seed=2) + [
@@ -284,6 +285,7 @@ def test_bad_pairs_are_counted_and_skipped(tmp_path, tiny_reward_model):
     assert sum(n for what, n in skipped.bad_pairs.items() if "longer than --max-length 256" in what) == 2
 
 
+@pytest.mark.slow
 def test_margins_enter_the_loss_unless_disabled(tmp_path, tiny_reward_model):
     # -log sigmoid(r_c - r_r - m) ~ m for a large margin m; without margins an untrained model is near log 2.
     rows = [dict(r, margin=20.0) for r in make_pairs(8, seed=10)]
@@ -447,6 +449,7 @@ def test_cli_trains_and_reports(tmp_path, tiny_reward_model):
         (["--base", "hf:/no/such/model"], "cannot load it"),
         (["--base", "hf:{base}", "--preset", "nope"], "unknown preset 'nope'"),
         (["--arch", "lite", "--lora"], "--arch lite does not take --lora"),
+        (["--arch", "lite", "--max-steps", "3"], "thinkrm train-lite"),
         (["--arch", "gnn"], "--arch 'gnn'"),
     ],
 )
@@ -477,7 +480,30 @@ def test_cli_arch_lite_dispatches_to_train_lite(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     # The library draws no progress bar itself: the CLI hands it its own.
-    assert calls == [((None, str(tmp_path / "lite"), str(tmp_path), 3), {"progress": progress})]
+    assert calls == [((None, str(tmp_path / "lite"), str(tmp_path), 3),
+                      {"epochs": 40, "cache_dir": None, "progress": progress})]
+    # `thinkrm train-lite` is the same trainer with all of its own flags (what `make lite-model` runs).
+    calls.clear()
+    result = CliRunner().invoke(
+        app,
+        ["train-lite", "--shared", str(tmp_path), "-o", str(tmp_path / "lite"), "--seed", "3", "--epochs", "2",
+         "--cache-dir", str(tmp_path / "cache")],
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [((None, str(tmp_path / "lite"), str(tmp_path), 3),
+                      {"epochs": 2, "cache_dir": str(tmp_path / "cache"), "progress": progress})]
+
+
+def test_cli_train_lite_flags_match_train_lite():
+    # train-lite's defaults are train_lite's own, so `thinkrm train-lite` and the Python API agree.
+    import inspect
+
+    from thinkrm.cli.train import LiteTrainOptions
+    from thinkrm.lite import train_lite
+
+    sig = inspect.signature(train_lite).parameters
+    for name in ("seed", "epochs", "cache_dir"):
+        assert getattr(LiteTrainOptions(), name) == sig[name].default, name
 
 
 @pytest.mark.parametrize("module", ["thinkrm.cli.train", "thinkrm.train"])
@@ -497,7 +523,7 @@ def test_python_dash_m_entry_point(module):
     imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "thinkrm.cli.common" in imported  # the listing is read right
-    assert not imported & {"thinkrm.serve", "thinkrm.cli.serve", "thinkrm.cli.score"}
+    assert not imported & {"thinkrm.serving", "thinkrm.serving.app", "thinkrm.cli.serve", "thinkrm.cli.score"}
 
 
 @pytest.mark.slow

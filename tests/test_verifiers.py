@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import socket
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -94,33 +93,27 @@ PIECES = ["answer", " is", ":", "\n", " ", "\t", "*", "**", "(A)", "B.", "C)", "
 
 
 @pytest.mark.parametrize("response", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
-def test_choice_is_linear_on_adversarial_responses(response):
-    choice_correct(said("B"), "B", LISTED)  # first-call imports are not parsing
-    start = time.perf_counter()
+def test_choice_is_right_on_adversarial_responses(response):
+    # A few tenths each (the old patterns took hours on some of these): benchmarks/bench_adversarial.py.
     assert choice_correct(said(response), "B", LISTED) is ADVERSARIAL[response]
     assert student_answer(said(response)) is not None
-    assert time.perf_counter() - start < 2.0  # a few tenths; the old patterns took hours on some of these
 
 
-def test_verdicts_and_options_are_linear_on_adversarial_text():
-    start = time.perf_counter()
+def test_verdicts_and_options_are_right_on_adversarial_text():
     assert parse_decision("Final Decision" + " " * MB + ": **Yes**") is True
     assert parse_decision("final decision" + " " * MB + "x") is None
     assert parse_options("A. 12" + " " * MB + "\nB. 15") == {"A": "12", "B": "15"}
     assert parse_options("(A) 1" + " " * MB + "2 (B) 3") == {"A": "1" + " " * MB + "2", "B": "3"}
-    assert time.perf_counter() - start < 2.0  # the old patterns took seconds at 20 KB, quadratically more
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=12).map("".join))
-def test_choice_parsing_stays_fast_on_any_repeated_pattern(unit):
-    text = unit * (100_000 // len(unit) + 1)  # a quadratic pattern would need minutes
-    choice_correct(said("B"), "B", LISTED)
-    start = time.perf_counter()
-    choice_correct(said(text), "B", text)
-    parse_decision(text)
-    student_answer(text)
-    assert time.perf_counter() - start < 2.0
+def test_choice_parsing_returns_on_any_repeated_pattern(unit):
+    text = unit * (100_000 // len(unit) + 1)  # a quadratic pattern would need minutes: pytest's timeout
+    assert choice_correct(said(text), "B", text) in (True, False)
+    assert parse_decision(text) in (True, False, None)
+    answer = student_answer(text)
+    assert answer is None or isinstance(answer, str)
 
 
 # ---- load_verifier ------------------------------------------------------------------------------------

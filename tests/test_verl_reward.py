@@ -75,7 +75,7 @@ def test_verl_reward_loop_call_scores_through_the_router(engine, tmp_path):
     carries no calibration over HTTP, so it is given as a checkpoint path."""
     from thinkrm.io import write_json
     from thinkrm.scoring import load_scorer
-    from thinkrm.serve import ServeConfig, running
+    from thinkrm.serving import ServeConfig, running
     from thinkrm.verl_reward import compute_score, compute_score_async
 
     write_json(tmp_path / "thinkrm.json", {"calibration": Calibration(-40.0, 10.0).to_dict()})

@@ -36,7 +36,16 @@ from typing import Any
 import numpy as np
 
 from .formatting import Item
-from .io import InputError, ResumableJsonl, atomic_write, iter_records
+from .io import (
+    GOLD_FIELDS,
+    PROMPT_FIELDS,
+    RESPONSE_FIELDS,
+    InputError,
+    ResumableJsonl,
+    atomic_write,
+    first_field,
+    iter_records,
+)
 from .scoring import checked_scores
 from .trace import split_response
 
@@ -82,7 +91,10 @@ class Candidate:
 def load_candidates(path: str | Path) -> list[Candidate]:
     """Read the candidate format (`problem_id`, `prompt`, `response`, optional `correct`, `gold`).
 
-    Every row needs `correct` or `gold`; errors name the file, line and field.
+    Field names follow the table in `thinkrm.io`: the prompt may be any of `PROMPT_FIELDS` (`prompt`,
+    `question`, `problem`), the response any of `RESPONSE_FIELDS` (`response`, `completion`), the gold answer
+    any of `GOLD_FIELDS` (`gold`, `ground_truth`, `answer`, `solution`); the first with a value wins. Every
+    row needs `correct` or a gold answer; errors name the file, line and field.
     """
     out = []
     for line, rec in iter_records(path):
@@ -96,27 +108,33 @@ def load_candidates(path: str | Path) -> list[Candidate]:
 
 def candidate_from_record(rec: dict[str, Any], *, file: str | None = None,
                           line: int | None = None) -> Candidate:
-    def need(name: str, types: type | tuple[type, ...], label: str) -> Any:
-        if name not in rec:
-            raise InputError("missing", file=file, line=line, field=name)
+    def need(names: tuple[str, ...], types: type | tuple[type, ...], label: str) -> tuple[str, Any]:
+        name = first_field(rec, names)
+        if name is None:
+            raise InputError("missing" if len(names) == 1 else f"missing (one of {', '.join(names)})",
+                             file=file, line=line, field=names[0])
         v = rec[name]
         if isinstance(v, bool) or not isinstance(v, types):
             raise InputError(f"expected {label}, got {type(v).__name__}", file=file, line=line, field=name)
-        return v
+        return name, v
 
-    pid = need("problem_id", (str, int), "a string or integer")
-    prompt = need("prompt", str, "a string")
-    response = need("response", str, "a string")
+    _, pid = need(("problem_id",), (str, int), "a string or integer")
+    prompt_key, prompt = need(PROMPT_FIELDS, str, "a string")
+    response_key, response = need(RESPONSE_FIELDS, str, "a string")
     correct = rec.get("correct")
     if correct is not None and not isinstance(correct, bool):
         raise InputError(f"expected true/false, got {correct!r}", file=file, line=line, field="correct")
-    gold = rec.get("gold")
+    gold_key = first_field(rec, GOLD_FIELDS)
+    gold = None if gold_key is None else rec[gold_key]
     if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
         raise InputError(f"expected a string or number, got {type(gold).__name__}", file=file, line=line,
-                         field="gold")
+                         field=gold_key)
     if correct is None and gold is None:
-        raise InputError("needs 'correct' or 'gold' (to verify the answer)", file=file, line=line)
-    extra = {k: v for k, v in rec.items() if k not in {"problem_id", "prompt", "response", "correct", "gold"}}
+        others = ", ".join(GOLD_FIELDS[1:])
+        raise InputError(f"needs 'correct' or 'gold' (or another gold answer field: {others}) to verify the "
+                         "answer", file=file, line=line)
+    used = {"problem_id", prompt_key, response_key, "correct", gold_key}
+    extra = {k: v for k, v in rec.items() if k not in used}
     return Candidate(str(pid), prompt, response, correct, None if gold is None else str(gold), extra)
 
 
@@ -286,7 +304,11 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
     own = isinstance(scorer, str)
     sc = load_scorer(scorer) if own else scorer  # first: a scorer that cannot load fails before any work
     spec = getattr(sc, "spec", "") or type(sc).__name__
-    cache = Path(cache_dir) / f"scores-{_slug(spec)}.jsonl" if cache_dir is not None else None
+    # A scorer that names the weights it runs (`Scorer.version`, e.g. TRM-lite's weights hash) keys its cache by
+    # them too: the same spec after a retrain or an upgrade must not read the old model's scores.
+    version = getattr(sc, "version", "")
+    cache = (Path(cache_dir) / f"scores-{_slug(f'{spec}@{version}' if version else spec)}.jsonl"
+             if cache_dir is not None else None)
     try:
         # Correctness where the input does not give it.
         need = [i for i, c in enumerate(cands) if c.correct is None]

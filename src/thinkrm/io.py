@@ -11,7 +11,10 @@ command has to reimplement them:
 * outputs replace only regular files: a directory, FIFO, device or socket at an output path is refused,
   never deleted, and a symlink is written through, not replaced (`check_output_file`);
 * long jobs are resumable: `ResumableJsonl` appends one flushed line per finished record and, on restart,
-  reports which ids are done, ignoring a torn last line from a killed run.
+  reports which ids are done, ignoring a torn last line from a killed run;
+* one table of field names: wherever a record may name its problem, its model output or its reference
+  answer in more than one way, the first name present wins, in the order of `PROMPT_FIELDS`,
+  `REASONING_FIELDS` / `RESPONSE_FIELDS` and `GOLD_FIELDS` (`first_field`; a null value counts as absent).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +43,37 @@ class InputError(ValueError):
         where = ":".join(str(p) for p in (self.file, line) if p is not None)
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}" if where else f"{what}{message}")
+
+
+# ---- field names ------------------------------------------------------------------------------------------
+# One table for every reader (traces, pairs, Best-of-N candidates, problems, TRL columns, verl's extra_info):
+# the first name a record has wins.
+# The problem. thinkrm's own name first; "question" (GSM8K, verl's extra_info), "problem" (MATH).
+PROMPT_FIELDS = ("prompt", "question", "problem")
+# A full model output, split at the end-of-thinking marker into reasoning and final answer (`completion`:
+# TRL's prompt-completion format).
+RESPONSE_FIELDS = ("response", "completion")
+# Where a trace's reasoning is read from: `reasoning` is the thinking text as is and wins; otherwise the
+# reasoning is the part of a response field before its end-of-thinking marker.
+REASONING_FIELDS = ("reasoning", *RESPONSE_FIELDS)
+# The reference answer. thinkrm's explicit `gold` first, then `ground_truth` (verl's cleaned reference, which
+# datasets carry next to the raw `answer`), then `answer` (GSM8K, MATH-500), then `solution` (MATH).
+GOLD_FIELDS = ("gold", "ground_truth", "answer", "solution")
+
+
+def first_field(record: Mapping[str, Any], names: Sequence[str], types: type | tuple[type, ...] | None = None
+                ) -> str | None:
+    """The first of `names` that `record` holds a value for (null counts as absent), or None.
+
+    With `types`, a value of another type is skipped too (for optional inputs, such as verl's `extra_info`,
+    where a field of another shape means "not given"); without, the caller reports a wrong type, naming the
+    field it found.
+    """
+    for name in names:
+        value = record.get(name)
+        if value is not None and (types is None or isinstance(value, types)):
+            return name
+    return None
 
 
 # Deepest nesting of objects and lists a record may have (the record itself is level 1). Real rows (chat

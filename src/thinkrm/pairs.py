@@ -3,7 +3,8 @@
 Rows follow TRL's preference format: `prompt`, `chosen`, `rejected`, each a string or a list of chat
 messages, plus optional `margin` (a number) and `kind` (a string, e.g. the perturbation that made the
 rejected side). TRL's "implicit prompt" form, where `chosen` and `rejected` are whole conversations and there
-is no `prompt`, is accepted too.
+is no `prompt`, is accepted too. The prompt is the first of `thinkrm.io.PROMPT_FIELDS` (`prompt`, `question`,
+`problem`) with a value, as for traces.
 
 What a reward model reads is `format_input(prompt, reasoning)`, so `Pair.chosen` / `Pair.rejected` hold the
 *reasoning* of each side: a response carrying an end-of-thinking marker is cut before it (see
@@ -18,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .io import InputError, iter_records
-from .trace import PROMPT_FIELDS, split_response
+from .io import PROMPT_FIELDS, InputError, first_field, iter_records
+from .trace import split_response
 
 
 @dataclass
@@ -67,7 +68,7 @@ def pair_from_record(rec: dict[str, Any], *, default_id: str, file: str | None =
             raise err(name)("empty reasoning")
         return reasoning
 
-    prompt_key = next((k for k in PROMPT_FIELDS if k in rec), None)
+    prompt_key = first_field(rec, PROMPT_FIELDS)
     if prompt_key is not None:
         p = rec[prompt_key]
         if isinstance(p, list):

@@ -39,10 +39,11 @@ from typing import Any
 
 from .calibration import Calibration, parse_calibration
 from .formatting import Item
+from .io import GOLD_FIELDS, first_field
 from .scoring import checked_scores
 from .trace import split_response
 
-GOLD_COLUMNS = ("answer", "solution", "gold")
+GOLD_COLUMNS = GOLD_FIELDS  # dataset columns holding the gold answer, first present wins (`thinkrm.io`)
 NORMALIZE = ("auto", "calibrated", "group", "none")
 # A group's thinking term "reorders" it when its correct completions' rewards differ by more than this
 # (1/200 of the alpha span at alpha = 0.2): below it the difference is float noise, not a preference.
@@ -252,8 +253,10 @@ class ThinkingReward:
     The scorer and verifier are loaded on first use (so building the reward is cheap and the object can be
     handed to a trainer, or pickled to another process, before any model is loaded). Only correct answers
     are scored by default: a wrong answer's reward is 0 whatever its score, and scoring is the expensive part
-    (`score_all=True` scores every completion, e.g. to log r_t for wrong ones too). Items without a gold
-    answer get None (TRL treats that as "no reward from this function").
+    (`score_all=True` scores every completion, e.g. to log r_t for wrong ones too). The gold answers are the
+    first of `gold_columns` (default `thinkrm.io.GOLD_FIELDS`: `gold`, `ground_truth`, `answer`, `solution`)
+    that TRL passes with values. Items without a gold answer get None (TRL treats that as "no reward from
+    this function").
     """
 
     __name__ = "thinking_reward"  # the name TRL logs this reward under
@@ -349,12 +352,12 @@ class ThinkingReward:
 
     def gold_from(self, kwargs: dict[str, Any], n: int) -> list[str | None]:
         """The gold answers of a TRL batch: the first configured dataset column TRL passed along."""
-        for col in self.gold_columns:
-            if col in kwargs and kwargs[col] is not None:
-                golds = list(kwargs[col])
-                if len(golds) != n:
-                    raise ValueError(f"column '{col}' has {len(golds)} values for {n} completions")
-                return [None if g is None else str(g) for g in golds]
+        col = first_field(kwargs, self.gold_columns)
+        if col is not None:
+            golds = list(kwargs[col])
+            if len(golds) != n:
+                raise ValueError(f"column '{col}' has {len(golds)} values for {n} completions")
+            return [None if g is None else str(g) for g in golds]
         raise ValueError("no gold answer column in the batch: expected one of "
                          f"{', '.join(self.gold_columns)} "
                          f"(dataset columns passed: {', '.join(sorted(kwargs)) or 'none'})")

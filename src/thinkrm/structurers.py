@@ -2,10 +2,11 @@
 
 The state machine in `thinkrm.dag` owns the DAG being built (main path, open leaves, attachment pool) and
 the validation of every action; a structurer only *proposes*. That split lets a cheap cue-based heuristic,
-a sentence-embedding variant and an LLM (`thinkrm.llm_structure`) share one state machine and one set of
+a sentence-embedding variant and an LLM (`thinkrm.llm.structuring`) share one state machine and one set of
 guarantees: whatever a structurer answers, the result is a valid DAG.
 
-Protocol, per trace:
+Protocol, per trace (written down as the `Structurer` and `BatchStructurer` protocols below, the types
+`get_structurer` returns):
 
 1. `start(steps, prompt=...)` once, so a structurer can precompute (embed all steps in one batch, ...);
 2. then for each step after the first, either `propose(view)` returning one `Proposal`, or, for a structurer
@@ -71,6 +72,8 @@ class Proposal:
 
 @runtime_checkable
 class Structurer(Protocol):
+    """A structurer that proposes one action per step (`HeuristicStructurer`, `LLMStructurer`, ...)."""
+
     name: str
 
     def start(self, steps: Sequence[Step], *, prompt: str = "") -> None:
@@ -96,13 +99,18 @@ class BatchStructurer(Protocol):
 STRUCTURERS: dict[str, str] = {
     "heuristic": "thinkrm.structurers:HeuristicStructurer",
     "embedding": "thinkrm.structurers:EmbeddingStructurer",
-    "llm": "thinkrm.llm_structure:LLMStructurer",
-    "llm-batch": "thinkrm.llm_structure:BatchLLMStructurer",
+    "llm": "thinkrm.llm.structuring:LLMStructurer",
+    "llm-batch": "thinkrm.llm.structuring:BatchLLMStructurer",
 }
 
 
-def get_structurer(spec: str | Any, **options: Any) -> Any:
-    """A structurer by name (see `STRUCTURERS`), or `spec` itself when it already is one."""
+def get_structurer(spec: str | Structurer | BatchStructurer, **options: Any) -> Structurer | BatchStructurer:
+    """A structurer by name (see `STRUCTURERS`), or `spec` itself when it already is one.
+
+    The result follows `Structurer` (it has `propose`) or `BatchStructurer` (it has `propose_batch`). An
+    object passed in is checked only for one of those two methods; it also needs `start`, while `name` is
+    optional (`build_dag` falls back to the class name).
+    """
     if not isinstance(spec, str):
         if not (hasattr(spec, "propose") or hasattr(spec, "propose_batch")):
             raise ValueError(f"{type(spec).__name__} is not a structurer (it needs propose or propose_batch)")

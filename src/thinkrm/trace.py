@@ -3,6 +3,10 @@
 A trace is the text a model writes *before* its final answer. Inputs come in many shapes (a `reasoning`
 field, or a full `response` with `</think>` or `<|begin_of_thought|> ... <|end_of_thought|>` markers), so
 this module normalises them once, and every later stage (steps, DAG, ME², scorers) reads `Trace.reasoning`.
+
+Field names follow the one table in `thinkrm.io`: the prompt is the first of `PROMPT_FIELDS` (`prompt`,
+`question`, `problem`), the reasoning is `reasoning` as is, else the part before the end-of-thinking marker of
+the first of `RESPONSE_FIELDS` (`response`, `completion`); a null field counts as absent.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .io import InputError, iter_records
+from .io import PROMPT_FIELDS, RESPONSE_FIELDS, InputError, first_field, iter_records
 
-PROMPT_FIELDS = ("prompt", "question", "problem")
+__all__ = ["PROMPT_FIELDS", "THINK_END", "THOUGHT_BEGIN", "THOUGHT_END", "Trace", "load_traces",
+           "read_traces", "split_response", "trace_from_record"]  # PROMPT_FIELDS: re-exported from thinkrm.io
 THINK_END = "</think>"
 THOUGHT_BEGIN = "<|begin_of_thought|>"
 THOUGHT_END = "<|end_of_thought|>"
@@ -85,31 +90,34 @@ def trace_from_record(rec: dict[str, Any], *, default_id: str, source: str | Non
             raise InputError(f"expected a string, got {type(v).__name__}", file=file, line=line, field=name)
         return v
 
-    prompt_key = next((k for k in PROMPT_FIELDS if k in rec), None)
+    prompt_key = first_field(rec, PROMPT_FIELDS)
     if prompt_key is None:
         raise InputError(f"missing prompt (one of {', '.join(PROMPT_FIELDS)})", file=file, line=line)
     prompt = text_field(prompt_key)
     response: str | None = None
-    if "reasoning" in rec:
-        reasoning = text_field("reasoning")
+    reasoning_key = first_field(rec, ("reasoning",))
+    response_key = first_field(rec, RESPONSE_FIELDS)
+    if reasoning_key is not None:
+        reasoning = text_field(reasoning_key)
         answer = ""
-        if "response" in rec:
-            response = text_field("response")
+        if response_key is not None:
+            response = text_field(response_key)
             answer = split_response(response)[1]
-    elif "response" in rec:
-        response = text_field("response")
+    elif response_key is not None:
+        response = text_field(response_key)
         reasoning, answer = split_response(response)
     else:
-        raise InputError("missing trace (a 'reasoning' or 'response' field)", file=file, line=line)
+        raise InputError(f"missing trace (a 'reasoning' field or one of {', '.join(RESPONSE_FIELDS)})",
+                         file=file, line=line)
     if require_reasoning and not reasoning.strip():
-        given = "reasoning" if "reasoning" in rec else "response"
-        raise InputError("empty reasoning" if given == "reasoning" else "empty reasoning (nothing before the "
+        given = reasoning_key or response_key
+        raise InputError("empty reasoning" if reasoning_key else "empty reasoning (nothing before the "
                          "end-of-thinking marker)", file=file, line=line, field=given)
     rid = rec.get("id", default_id)
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise InputError(f"expected a string or integer, got {type(rid).__name__}", file=file, line=line,
                          field="id")
-    used = {prompt_key, "reasoning", "response", "id"}
+    used = {prompt_key, reasoning_key, response_key, "id"}
     extra = {k: v for k, v in rec.items() if k not in used}
     return Trace(id=str(rid), prompt=prompt, reasoning=reasoning, answer=answer, response=response,
                  extra=extra, source=source)

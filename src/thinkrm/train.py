@@ -56,7 +56,8 @@ def _opt(default: Any, help: str) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Everything `thinkrm train` accepts; each field is also a CLI flag (`output_dir` -> `--output-dir`)."""
+    """Everything `thinkrm train` accepts. Each field is also a CLI flag with this default and help
+    (`max_length` -> `--max-length`), except `pairs` (the positional argument) and `output_dir` (`-o/--out`)."""
 
     pairs: str = _opt("", "Preference pairs (JSONL or JSON list, TRL format).")
     output_dir: str = _opt("", "Where the trained checkpoint is written.")

@@ -11,35 +11,34 @@ the server's `/get_reward`) calls this module, so every stage grades answers the
 
 math-verify bounds its own work with `signal.alarm`, which only works in the main thread and cannot interrupt
 C code. So every check (`verify`, `verify_batch`, `same_answer`, `answer_classes`) runs in worker processes
-with a hard wall-clock deadline per item: a worker stuck on a pathological output is killed and replaced,
-and that item counts as a timeout (False). On top of that, extraction is linear in the response and answers
-too large to check (`MAX_PARSE_CHARS`, `MAX_PARSE_DIGITS`) fail closed before sympy sees them.
+(`thinkrm.workers`, running this module's `WORKER_TASKS`) with a hard wall-clock deadline per item: a
+worker stuck on a pathological output is killed and replaced, and that item counts as a timeout (False).
+On top of that, extraction is linear in the response and answers too large to check (`MAX_PARSE_CHARS`,
+`MAX_PARSE_DIGITS`) fail closed before sympy sees them.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
-import os
-import pickle
 import re
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any, NoReturn
 
+from . import workers as workers_mod
 from .trace import THINK_END, THOUGHT_BEGIN, THOUGHT_END, split_response
+from .workers import BatchReport, WorkerPool, close_pools, serve_stdio
+
+# `BatchReport` and `close_pools` live in `thinkrm.workers`; they are re-exported for this module's callers.
+__all__ = [
+    "DEFAULT_TIMEOUT", "MAX_PARSE_CHARS", "MAX_PARSE_DIGITS", "BatchReport", "VerifyError", "answer_classes",
+    "answer_part", "close_pools", "extract_answer", "get_pool", "last_boxed", "same_answer", "verify",
+    "verify_batch", "verify_batch_report",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
-_START_TIMEOUT = 120.0  # a worker's interpreter start + math-verify import, on a loaded 2-core machine
 
 # What is handed to math-verify is capped: a few characters can keep sympy busy for hours in C code that no
 # alarm interrupts (`100000000!`, `10^{10^{10}}`), so such answers fail closed at once instead of costing a
@@ -129,7 +128,7 @@ def extract_answer(response: str) -> str | None:
     return None
 
 
-# ---- parsing and comparison (the work a worker process does) ----------------------------------------------
+# ---- parsing and comparison (the work a worker process does: `WORKER_TASKS`) -------------------------------
 
 def _alarm_seconds(timeout: float | None) -> int | None:
     """math-verify's own alarm, in whole seconds (workers run items in their main thread, where it works)."""
@@ -284,195 +283,18 @@ def _classes_local(answers: Sequence[str | None], timeout: float | None) -> list
     return out
 
 
-_TASKS = {"verify": _verify_local, "classes": _classes_local}
+WORKER_TASKS = {"verify": _verify_local, "classes": _classes_local}  # what `thinkrm.workers` runs for us
 
 
-def _serve(conn) -> None:
-    """Worker loop: math-verify's alarms work here because each item runs in this process's main thread."""
+def worker_warmup() -> None:
+    """Run in each worker before it says hello: import math-verify, sympy and numpy, quiet their logs."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    _verify_local("\\boxed{1}", "1", 1, False)  # import math-verify, sympy and numpy before saying hello
-    conn.send("ready")
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        idx, task, args = msg
-        try:
-            conn.send((idx, True, _TASKS[task](*args)))
-        except Exception as e:  # fail closed, but tell the parent what happened
-            conn.send((idx, False, f"{type(e).__name__}: {e}"))
+    _verify_local("\\boxed{1}", "1", 1, False)
 
 
-# ---- the process pool -----------------------------------------------------------------------------------
-
-class _PipeConnection:
-    """A duplex message channel over a worker's stdin/stdout pipes (pickled, length-prefixed frames)."""
-
-    def __init__(self, read_fd: int, write_fd: int):
-        self.reader = Connection(os.dup(read_fd), writable=False)
-        self.writer = Connection(os.dup(write_fd), readable=False)
-
-    def send(self, obj: Any) -> None:
-        self.writer.send_bytes(pickle.dumps(obj))
-
-    def recv(self) -> Any:
-        return pickle.loads(self.reader.recv_bytes())
-
-    def close(self) -> None:
-        self.reader.close()
-        self.writer.close()
-
-
-@dataclass
-class BatchReport:
-    """What a batch run produced: results in input order, and how many items timed out or errored."""
-
-    results: list[Any]
-    timeouts: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    error_messages: list[str] = field(default_factory=list)
-
-
-class VerifierPool:
-    """Worker processes that run verifier tasks with a hard wall-clock deadline per item.
-
-    `concurrent.futures` cannot kill one stuck task, so this keeps one pipe per worker, hands out one item
-    at a time, and kills and replaces a worker whose item passes its deadline. Workers are fresh
-    interpreters (`python -m thinkrm.verify`), not forks or multiprocessing children: a fork would copy the
-    parent's threads (torch, TRL, an HTTP server) mid-flight, and spawn/forkserver children re-run the
-    caller's `__main__` script, which breaks plain scripts without a `__main__` guard.
-    """
-
-    def __init__(self, workers: int | None = None):
-        self.size = max(1, workers or min(4, os.cpu_count() or 1))
-        self._procs: list[subprocess.Popen | None] = [None] * self.size
-        self._conns: list[Connection | None] = [None] * self.size
-        self._greeted = [False] * self.size  # whether the worker's "ready" has been read
-        self._lock = threading.Lock()
-
-    def _start(self, i: int) -> None:
-        env = dict(os.environ)
-        # The package's parent directory, so workers import this very thinkrm even when it is not installed.
-        src = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        p = subprocess.Popen([sys.executable, "-m", "thinkrm.verify"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, env=env)
-        conn = _PipeConnection(p.stdout.fileno(), p.stdin.fileno())
-        self._procs[i], self._conns[i], self._greeted[i] = p, conn, False
-
-    def _ready(self, i: int) -> None:
-        """Wait for a started worker's hello, so its import time never counts against an item's deadline."""
-        conn = self._conns[i]
-        try:
-            if conn.reader.poll(_START_TIMEOUT) and conn.recv() == "ready":
-                self._greeted[i] = True
-                return
-        except (EOFError, OSError):
-            pass
-        self._kill(i)
-        raise RuntimeError("a verifier worker process failed to start (see its stderr above)")
-
-    def _kill(self, i: int) -> None:
-        p, c = self._procs[i], self._conns[i]
-        if p is not None:
-            c.close()
-            p.kill()
-            p.wait()
-            p.stdin.close()
-            p.stdout.close()
-        self._procs[i] = self._conns[i] = None
-
-    def run(self, task: str, args: Sequence[tuple], timeout: float, default: Any) -> BatchReport:
-        """Run `task` on each argument tuple; an item that times out or fails yields `default`."""
-        start = time.monotonic()
-        report = BatchReport(results=[default] * len(args))
-        with self._lock:  # one batch at a time: workers and pipes are not shared between callers
-            pending = list(range(len(args)))[::-1]
-            busy: dict[int, tuple[int, float]] = {}  # worker -> (item, deadline)
-            try:
-                while pending or busy:
-                    idle = [i for i in range(self.size) if i not in busy][:len(pending)]
-                    fresh = [i for i in idle if self._procs[i] is None or self._procs[i].poll() is not None]
-                    for i in fresh:  # start them all, then wait: their imports overlap
-                        self._kill(i)
-                        self._start(i)
-                    for i in idle:
-                        if not self._greeted[i]:
-                            self._ready(i)
-                    for i in idle:
-                        item = pending.pop()
-                        try:
-                            self._conns[i].send((item, task, args[item]))
-                        except OSError:  # the worker died between items; fail this one, restart it next round
-                            self._kill(i)
-                            report.errors += 1
-                            report.error_messages.append("worker died")
-                            continue
-                        busy[i] = (item, time.monotonic() + timeout)
-                    if not busy:
-                        continue
-                    now = time.monotonic()
-                    readers = {self._conns[i].reader: i for i in busy}
-                    ready = wait(list(readers), timeout=max(0.0, min(d for _, d in busy.values()) - now))
-                    for r in ready:
-                        i = readers[r]
-                        item = busy.pop(i)[0]
-                        try:
-                            got, ok, value = self._conns[i].recv()
-                        except (EOFError, OSError):  # the worker died (e.g. out of memory)
-                            got, ok, value = item, False, "worker died"
-                            self._kill(i)
-                        if got != item:  # a reply to some other item: never trust that worker again
-                            ok, value = False, "worker out of step"
-                            self._kill(i)
-                        if ok:
-                            report.results[item] = value
-                        else:
-                            report.errors += 1
-                            report.error_messages.append(value)
-                    now = time.monotonic()
-                    for i, (item, deadline) in list(busy.items()):
-                        if now >= deadline:
-                            busy.pop(i)
-                            self._kill(i)
-                            # Boot the replacement now: the next item or call finds it ready instead of
-                            # waiting for its interpreter and sympy import on top of its own deadline.
-                            self._start(i)
-                            report.timeouts += 1
-            except BaseException:
-                # Workers still busy would leave their replies in the pipes, to be read as the next batch's.
-                for i in busy:
-                    self._kill(i)
-                raise
-        report.seconds = time.monotonic() - start
-        return report
-
-    def close(self) -> None:
-        for i in range(self.size):
-            self._kill(i)
-
-
-_pools: dict[int | None, VerifierPool] = {}
-_pools_lock = threading.Lock()
-
-
-def get_pool(workers: int | None = None) -> VerifierPool:
-    """The process-wide pool for this worker count, started on first use and closed at exit."""
-    with _pools_lock:
-        if workers not in _pools:
-            if not _pools:
-                atexit.register(close_pools)
-            _pools[workers] = VerifierPool(workers)
-        return _pools[workers]
-
-
-def close_pools() -> None:
-    with _pools_lock:
-        for pool in _pools.values():
-            pool.close()
-        _pools.clear()
+def get_pool(workers: int | None = None) -> WorkerPool:
+    """The process-wide pool of verifier workers for this worker count (`thinkrm.workers.get_pool`)."""
+    return workers_mod.get_pool("thinkrm.verify", workers)
 
 
 # ---- public API ------------------------------------------------------------------------------------------
@@ -495,7 +317,7 @@ def verify(response: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, strict
 
 
 def _raise_reported(message: str) -> NoReturn:
-    """Raise in the caller the error a worker reported as "Type: detail" (`_serve`), keeping its kind."""
+    """Raise in the caller the error a worker reported as "Type: detail", keeping its kind."""
     kind, _, detail = message.partition(": ")
     if kind == "TimeoutError":
         raise TimeoutError(detail)
@@ -557,10 +379,9 @@ def answer_classes(answer_lists: Sequence[Sequence[str | None]], *, timeout: flo
 
 
 def _worker_main() -> None:
-    """Entry point of a pool worker: messages on the original stdout; prints from libraries go to stderr."""
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
-    _serve(_PipeConnection(0, out_fd))
+    """`python -m thinkrm.verify`: a pool worker for this module's tasks. The pool itself starts
+    `python -m thinkrm.workers thinkrm.verify`; this entry point is kept for workers started by hand."""
+    serve_stdio(WORKER_TASKS, worker_warmup)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ chosen by `router_engine`), otherwise from the scorer spec `scorer` (default: $T
 
 A sample arrives alone, so the score cannot be standardised within its GRPO group: `normalize` defaults to
 "calibrated" (the scorer's own calibration, or `calibration="CENTER,SCALE"`; a router-served model needs the
-latter). verl passes the response without its prompt, so the problem the TRM reads is taken from `extra_info`
-(`question`, `prompt` or `problem`, as verl's data preprocessors write it); without one the TRM reads the
-reasoning alone. verl stores every returned key as a per-sample column, so each sample returns the same keys
-as floats: r_t is computed for wrong answers too (it is logged, though the gated score ignores it).
+latter). verl passes the response without its prompt, so the problem the TRM reads is taken from `extra_info`:
+the first string among `thinkrm.io.PROMPT_FIELDS` (`prompt`, `question`, `problem`; verl's data preprocessors
+write `question`); without one the TRM reads the reasoning alone. verl stores every returned key as a
+per-sample column, so each sample returns the same keys as floats: r_t is computed for wrong answers too
+(it is logged, though the gated score ignores it).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import asyncio
 import os
 from typing import Any
 
+from thinkrm.io import PROMPT_FIELDS, first_field
 from thinkrm.rewards import per_sample_normalize, shared_reward
 
-PROMPT_KEYS = ("question", "prompt", "problem")
 ROUTER_ENGINES = ("sglang", "vllm")
 # Keyword arguments verl's reward managers pass that this function has no use for. Anything else is a
 # reward_kwargs option: an unknown one is an error, since a misspelt option would otherwise be ignored.
@@ -36,11 +37,8 @@ FRAMEWORK_KWARGS = frozenset({"reward_model_path"})
 
 
 def _prompt(extra_info: Any) -> str:
-    if isinstance(extra_info, dict):
-        for k in PROMPT_KEYS:
-            if isinstance(extra_info.get(k), str):
-                return extra_info[k]
-    return ""
+    key = first_field(extra_info, PROMPT_FIELDS, str) if isinstance(extra_info, dict) else None
+    return "" if key is None else extra_info[key]
 
 
 def _gold(ground_truth: Any) -> str:

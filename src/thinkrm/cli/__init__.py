@@ -26,7 +26,7 @@ def _build_app() -> Any:
 def __getattr__(name: str) -> Any:
     # `app` is built on first use: `python -m thinkrm.cli.train` (what every rank of `accelerate launch`
     # runs) imports this package too, and must not pay for every command module (`serve` registers its flags
-    # from thinkrm.serve, the whole server stack).
+    # from thinkrm.serving.config).
     if name == "app":
         globals()["app"] = app = _build_app()
         return app

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .common import console, count_lines, progress, user_errors
+from .common import DEFAULT_SCORER, console, count_lines, out_option, progress, scorer_option, user_errors
 
 STRUCTURERS = ("heuristic", "embedding")
 SCORE_BATCH = 32  # traces scored per scorer call: model backends batch well, and memory stays bounded
@@ -165,13 +165,11 @@ def _print_summary(res: AnalyzeResult) -> None:
 
 def analyze_command(
     traces: Path = typer.Argument(..., help="traces as JSONL or a JSON list (prompt + reasoning/response)"),
-    out: Path = typer.Option(..., "-o", "--out", help="output directory for analysis.jsonl and index.html"),
+    out: Path = out_option(help="output directory for analysis.jsonl and index.html"),
     structurer: str = typer.Option("heuristic", help="who proposes DAG actions: heuristic | embedding"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="report and skip malformed rows, don't stop"),
     limit: int | None = typer.Option(None, "--limit", help="analyse only the first N traces"),
-    scorer: str = typer.Option("lite", "--scorer", help="score each trace with this scorer, e.g. 'lite' (the "
-                               "embedded TRM-lite), 'hf:PATH', 'vllm:URL' (see thinkrm.load_scorer); 'none' = "
-                               "no scores"),
+    scorer: str = scorer_option(DEFAULT_SCORER),
 ) -> None:
     """Split traces into steps, build their reasoning DAGs, compute ME² signals, write a browsable report.
 

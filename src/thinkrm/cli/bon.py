@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from .common import console, user_errors
+from .common import console, out_option, scorer_option, user_errors
 
 
 def _parse_list(text: str, name: str, cast=str) -> list:
@@ -42,10 +42,8 @@ def register(app: typer.Typer) -> None:
     def bon_cmd(
         candidates: Path = typer.Argument(..., help="Candidates JSONL: problem_id, prompt, response, "
                                           "correct and/or gold."),
-        scorer: str = typer.Option("lite", help="Scorer spec: lite, hf:DIR, length, random[:SEED], vllm:URL, "
-                                   "sglang:URL, openrlhf:URL, thinkrm:URL."),
-        out: Path = typer.Option(..., "-o", "--out",
-                                 help="Output directory (bon.json, bon.png, score cache)."),
+        scorer: str = scorer_option(),
+        out: Path = out_option(help="Output directory (bon.json, bon.png, score cache)."),
         n: str = typer.Option("1,2,4,8,16", "--n",
                               help="Values of N, comma-separated (capped at the pool size)."),
         repeats: int = typer.Option(5, help="Random subsets of N per problem to average over."),
@@ -58,7 +56,9 @@ def register(app: typer.Typer) -> None:
                                      "llm:URL[,URL...] (docs/bon-and-rl.md, Verifiers)."),
         verify_timeout: float = typer.Option(5.0, help="Seconds per answer check (llm: per request) before "
                                              "it counts as wrong."),
-        workers: int | None = typer.Option(None, help="Verifier processes (default: min(4, CPUs))."),
+        # --verify-workers as in build-pairs; --workers is its older spelling (still used by tests/test_scoring.py).
+        verify_workers: int | None = typer.Option(None, "--verify-workers", "--workers",
+                                                  help="Verifier processes (default: min(4, CPUs))."),
     ) -> None:
         """Best-of-N selection by a thinking reward model vs random, shortest, longest, oracle, majority vote.
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
 
                 result = best_of_n(cands, scorer, strategies=rules, ns=ns, repeats=repeats, seed=seed,
                                    temperature=temperature, cache_dir=out, verify_timeout=verify_timeout,
-                                   workers=workers, verifier=verifier, on_progress=on_progress)
+                                   workers=verify_workers, verifier=verifier, on_progress=on_progress)
             result["input"] = str(candidates)
             write_json(out / "bon.json", result)
             plot_bon(result, out / "bon.png")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, progress, user_errors
+from .common import console, out_option, progress, user_errors
 
 delimiters_app = typer.Typer(no_args_is_help=True,
                              help="Step delimiter lexicons (which words open a new step).")
@@ -15,7 +15,7 @@ delimiters_app = typer.Typer(no_args_is_help=True,
 @delimiters_app.command("mine")
 def mine(
     files: list[Path] = typer.Argument(..., help="Trace files (JSONL or JSON list, as for `analyze`)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the lexicon JSON."),
+    out: Path = out_option(help="Where to write the lexicon JSON."),
     top: int = typer.Option(40, "--top", min=1, help="Keep at most this many words."),
     min_segments: int = typer.Option(8, help="Only traces with this many blank-line paragraphs count."),
     min_ratio: float = typer.Option(0.3, min=0.0, max=1.0,
@@ -71,9 +71,9 @@ def mine(
                           "✓" if word in result.lexicon else "")
         if rows > 0:
             Console().print(table)  # the table is the output (stdout); progress and messages go to stderr
-        result.lexicon.save(output)
+        result.lexicon.save(out)
         words = sorted(result.lexicon.words, key=lambda w: -result.starts[w])
-        console.print(f"wrote {len(words)} delimiters to {output}: " + ", ".join(words), highlight=False)
+        console.print(f"wrote {len(words)} delimiters to {out}: " + ", ".join(words), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, progress, user_errors
+from .common import console, out_option, progress, user_errors
 
 
 def run_perturb(candidates: str | Path, out: str | Path, *, ops: str | None = None, seed: int = 0,
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     def perturb_cmd(
         candidates: Path = typer.Argument(..., help="JSONL of traces (prompt + response or reasoning); rows "
                                           "with `correct: false` are skipped."),
-        output: Path = typer.Option(..., "-o", "--output", help="Where to write the TRL-style pairs (JSONL)."),
+        out: Path = out_option(help="Where to write the TRL-style pairs (JSONL)."),
         ops: str = typer.Option(None, "--ops", help="Comma-separated operations (default: all): restart, "
                                 "detour, duplicate_check, filler, wrong_then_fixed, drop_justification."),
         seed: int = typer.Option(0, "--seed", help="Same seed + same input = same pairs."),
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         removed) that turns `chosen` into `rejected`; the final answer is never touched.
         """
         with user_errors():
-            counts = run_perturb(candidates, output, ops=ops, seed=seed, skip_bad=skip_bad)
+            counts = run_perturb(candidates, out, ops=ops, seed=seed, skip_bad=skip_bad)
         total = sum(counts.values())
         detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
-        console.print(f"wrote {total} pairs to {output}" + (f" ({detail})" if detail else ""), highlight=False)
+        console.print(f"wrote {total} pairs to {out}" + (f" ({detail})" if detail else ""), highlight=False)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ..io import InputError
-from .common import console, count_lines, progress, user_errors
+from .common import console, count_lines, out_option, progress, request_timeout, scorer_option, user_errors
 
 # Traces per scorer call: enough for batching and request concurrency; at most this much is redone on resume.
 SCORE_CHUNK = 128
@@ -223,17 +223,19 @@ def register(app: typer.Typer) -> None:
     batch_opt = typer.Option(None, "--batch-size", min=1, help="Items per model batch / per server request.")
     device_opt = typer.Option(None, help="hf: device (auto, cpu, cuda, cuda:1, mps).")
     dtype_opt = typer.Option(None, help="hf: dtype (auto, float32, bfloat16, float16).")
-    timeout_opt = typer.Option(None, help="Remote scorers: seconds to wait for an answer.")
+    # Not given: each backend keeps its own default; the remote ones (vllm:, sglang:, openrlhf:, thinkrm:) wait
+    # request_timeout() seconds, the one --timeout default of every command (tests/test_cli_flags.py).
+    timeout_opt = typer.Option(None, help="Remote scorers: seconds to wait for an answer.",
+                               show_default=f"{request_timeout()}")
     retries_opt = typer.Option(None, min=0, help="Remote scorers: retries on connection errors, 429 and 5xx.")
     key_opt = typer.Option(None, "--api-key", help="Remote scorers: bearer token (thinkrm:URL also reads "
                            "$THINKRM_API_KEY; other servers get a key only when it is given here).")
-    scorer_help = "Scorer: lite (the embedded TRM-lite), hf:PATH, sglang:URL, vllm:URL, openrlhf:URL, thinkrm:URL, length, random."
 
     @app.command("score")
     def score_cmd(
         traces: Path = typer.Argument(..., help="Traces (JSONL or JSON list): prompt + reasoning/response."),
-        scorer: str = typer.Option("lite", "--scorer", "-s", help=scorer_help),
-        out: Path = typer.Option(..., "-o", "--out", help="Output JSONL: every input row plus `score`."),
+        scorer: str = scorer_option(),
+        out: Path = out_option(help="Output JSONL: every input row plus `score`."),
         resume: bool = typer.Option(False, "--resume", help="Keep rows already in the output."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Report and skip malformed rows."),
         batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
@@ -261,8 +263,8 @@ def register(app: typer.Typer) -> None:
     @app.command("eval-pairs")
     def eval_pairs_cmd(
         pairs: Path = typer.Argument(..., help="Pairs: prompt, chosen, rejected [, kind, margin]."),
-        scorer: str = typer.Option("lite", "--scorer", "-s", help=scorer_help),
-        out: Path = typer.Option(..., "-o", "--out", help="Output directory: results.json, outputs.jsonl."),
+        scorer: str = scorer_option(),
+        out: Path = out_option(help="Output directory: results.json, outputs.jsonl."),
         length_tolerance: float = typer.Option(0.10, help="Max relative length gap of length-matched pairs."),
         batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
         dtype: Optional[str] = dtype_opt, timeout: Optional[float] = timeout_opt,
@@ -279,9 +281,9 @@ def register(app: typer.Typer) -> None:
     def calibrate_cmd(
         traces: Path = typer.Argument(..., help="Correct traces, or candidates with a `correct` field "
                                       "(only correct rows are used)."),
-        scorer: str = typer.Option("lite", "--scorer", "-s", help=scorer_help),
-        out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write {\"calibration\": ...} to this "
-                                           "JSON file (pass it as calibration=FILE or $THINKRM_CALIBRATION)."),
+        scorer: str = scorer_option(),
+        out: Optional[Path] = out_option(None, help="Write {\"calibration\": ...} to this JSON file (pass it "
+                                         "as calibration=FILE or $THINKRM_CALIBRATION)."),
         limit: Optional[int] = typer.Option(None, min=4, help="Use at most this many traces."),
         batch_size: Optional[int] = batch_opt, device: Optional[str] = device_opt,
         dtype: Optional[str] = dtype_opt, timeout: Optional[float] = timeout_opt,

@@ -1,4 +1,4 @@
-"""`thinkrm train`: Bradley-Terry reward-model training (`--arch lm`, default) or the embedded lite model.
+"""`thinkrm train` (Bradley-Terry reward-model training) and `thinkrm train-lite` (the embedded lite model).
 
 The flags are generated from `thinkrm.train.TrainConfig`, so the CLI and the Python API cannot drift apart.
 Every flag defaults to "not given": only flags the user typed override the preset (or the config defaults).
@@ -8,58 +8,59 @@ from __future__ import annotations
 
 import inspect
 import os
-import types
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from .common import console, progress, user_errors
+from .common import config_help, console, dataclass_parameters, out_option, progress, user_errors
 
-# Flags that are not plain TrainConfig fields: the positional pairs file and the -o short name.
+# TrainConfig fields that are not `--field` flags: the positional pairs file and the output (-o/--out).
 _SPECIAL = ("pairs", "output_dir")
+PAIRS_HELP = "Preference pairs: JSONL/JSON with prompt, chosen, rejected (strings or messages), margin."
+LITE_PAIRS_HELP = ("Your own preference pairs (10% held out); without it, the recipe's pools from --shared "
+                   "(docs/trm-lite.md).")
 
 
-def _config_parameters() -> list[inspect.Parameter]:
-    from ..train import TrainConfig
+@dataclass
+class LiteTrainOptions:
+    """`thinkrm train-lite`'s flags: the arguments of `thinkrm.lite.train_lite` (tests/test_cli_flags.py checks
+    these defaults against its signature)."""
 
-    hints = typing.get_type_hints(TrainConfig)
-    params = []
-    for f in fields(TrainConfig):
-        if f.name in _SPECIAL:
-            continue
-        typ = hints[f.name]
-        if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
-            typ = next(a for a in typing.get_args(typ) if a is not type(None))
-        flag = "--" + f.name.replace("_", "-")
-        decl = f"{flag}/--no-{f.name.replace('_', '-')}" if typ is bool else flag
-        default = f.default if f.default is not MISSING else None
-        shown = f" (default: {'on' if default else 'off'})" if typ is bool else (
-            f" (default: {default})" if default not in (None, "") else "")
-        option = typer.Option(None, decl, help=f.metadata.get("help", "") + shown, show_default=False)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=Optional[typ]))
-    return params
+    shared: Optional[str] = field(default=None, metadata={"help": "Shared data folder (../shared/data): the "
+                                                          "recipe's training pools and the held-out problems."})
+    seed: int = field(default=0, metadata={"help": "Seeds the split, the heads and the data order."})
+    epochs: int = field(default=40, metadata={"help": "Passes over the training pairs."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Embedding cache (default: "
+                                     "$THINKRM_LITE_CACHE, else ~/.cache/thinkrm/lite)."})
 
 
-def _run(pairs: Optional[Path], output_dir: Path, arch: str, shared: Optional[Path], **options: Any) -> None:
+# The flags `thinkrm train --arch lite` still takes (the older spelling of `thinkrm train-lite`).
+_LITE_VIA_TRAIN = ("seed",)
+
+
+def _run(pairs: Optional[Path], out: Path, arch: str, shared: Optional[Path], **options: Any) -> None:
     given = {k: v for k, v in options.items() if v is not None}
     with user_errors():
         if arch == "lite":
-            _run_lite(pairs, output_dir, shared, given)
+            unsupported = sorted(k for k in given if k not in _LITE_VIA_TRAIN)
+            if unsupported:
+                flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
+                raise ValueError(f"--arch lite does not take {flags} (TRM-lite's flags: `thinkrm train-lite "
+                                 "--help`)")
+            _run_lite(pairs, out, str(shared) if shared is not None else None, seed=given.get("seed", 0))
             return
         if arch != "lm":
             raise ValueError(f"--arch {arch!r}: expected 'lm' (a language-model backbone) or 'lite'")
         if shared is not None:
-            raise ValueError("--shared is only used with --arch lite")
+            raise ValueError("--shared is only used with --arch lite (or `thinkrm train-lite`)")
         if pairs is None:
             raise ValueError("missing PAIRS: the preference pairs file to train on")
         from ..train import TrainConfig, train
 
         preset = given.pop("preset", None)
-        overrides = dict(given, pairs=str(pairs), output_dir=str(output_dir))
+        overrides = dict(given, pairs=str(pairs), output_dir=str(out))
         config = TrainConfig.from_preset(preset, **overrides) if preset else TrainConfig(**overrides)
         report = train(config)
     # Under `accelerate launch` every process returns; one summary is enough.
@@ -67,19 +68,16 @@ def _run(pairs: Optional[Path], output_dir: Path, arch: str, shared: Optional[Pa
         _print_report(report)
 
 
-def _run_lite(pairs: Optional[Path], output_dir: Path, shared: Optional[Path], given: dict[str, Any]) -> None:
-    """The lite model trains its own way; only the pairs, output, shared data and seed carry over."""
-    unsupported = sorted(k for k in given if k != "seed")
-    if unsupported:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
-        raise ValueError(f"--arch lite does not take {flags}")
+def _run_lite(pairs: Optional[Path], out: Path, shared: Optional[str], seed: int = 0,
+              epochs: int = LiteTrainOptions.epochs, cache_dir: Optional[str] = None) -> None:
+    """The lite model trains its own way (`thinkrm.lite.train_lite`)."""
     try:
         from ..lite import train_lite
     except ImportError as e:
-        raise ValueError(f"--arch lite is not available in this build of thinkrm ({e})") from None
-    train_lite(str(pairs) if pairs is not None else None, str(output_dir),
-               str(shared) if shared is not None else None, given.get("seed", 0), progress=progress)
-    console.print(f"[green]lite model written to[/] {output_dir}")
+        raise ValueError(f"TRM-lite training is not available in this build of thinkrm ({e})") from None
+    train_lite(str(pairs) if pairs is not None else None, str(out), shared, seed, epochs=epochs,
+               cache_dir=cache_dir, progress=progress)
+    console.print(f"[green]lite model written to[/] {out}")
 
 
 def _print_report(report) -> None:
@@ -111,28 +109,55 @@ def _command():
 
         Writes a plain one-label sequence-classification checkpoint that transformers, vLLM, SGLang and
         `--scorer hf:DIR` load unchanged, with thinkrm.json and train_report.json beside it.
+        `--arch lite` is the older spelling of `thinkrm train-lite` (it takes --shared and --seed only).
         """
         _run(**kwargs)
 
+    from ..train import TrainConfig
+
     kw = inspect.Parameter.KEYWORD_ONLY
-    pairs_help = "Preference pairs: JSONL/JSON with prompt, chosen, rejected (strings or messages), margin."
-    arch_help = "'lm': a transformers backbone; 'lite': the embedded CPU model (thinkrm.lite)."
+    arch_help = "'lm': a transformers backbone; 'lite': the embedded CPU model (= `thinkrm train-lite`)."
     head = [
         inspect.Parameter("pairs", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                          default=typer.Argument(None, help=pairs_help, show_default=False)),
-        inspect.Parameter("output_dir", kw, annotation=Path,
-                          default=typer.Option(..., "-o", "--output-dir", help="Output directory.")),
+                          default=typer.Argument(None, help=PAIRS_HELP, show_default=False)),
+        inspect.Parameter("out", kw, annotation=Path,
+                          default=out_option(help=config_help(TrainConfig, "output_dir"))),
         inspect.Parameter("arch", kw, annotation=str, default=typer.Option("lm", "--arch", help=arch_help)),
         inspect.Parameter("shared", kw, annotation=Optional[Path],
                           default=typer.Option(None, "--shared", help="Shared data folder (--arch lite).")),
     ]
-    command.__signature__ = inspect.Signature(head + _config_parameters())
+    # Every flag defaults to "not given", so only what the user typed overrides the preset.
+    command.__signature__ = inspect.Signature(head + dataclass_parameters(TrainConfig, skip=_SPECIAL,
+                                                                          not_given=True))
     command.__annotations__ = {}
     return command
 
 
+def _lite_command():
+    def train_lite_cmd(**kwargs: Any) -> None:
+        """Train TRM-lite, the embedded CPU reward model (docs/trm-lite.md; `make lite-model`).
+
+        Without PAIRS it trains on the recipe's pools in --shared; it writes the weights, split.json and
+        MODEL_CARD.md to -o DIR (load it with --scorer lite:DIR).
+        """
+        pairs, out = kwargs.pop("pairs"), kwargs.pop("out")
+        with user_errors():
+            _run_lite(pairs, out, **kwargs)
+
+    head = [
+        inspect.Parameter("pairs", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                          default=typer.Argument(None, help=LITE_PAIRS_HELP, show_default=False)),
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=out_option(help="Output directory of the TRM-lite checkpoint.")),
+    ]
+    train_lite_cmd.__signature__ = inspect.Signature(head + dataclass_parameters(LiteTrainOptions))
+    train_lite_cmd.__annotations__ = {}
+    return train_lite_cmd
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(_command())
+    app.command("train-lite")(_lite_command())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """LLM structurers for the reasoning DAG, and the LLM macro view.
 
-Both plug into the state machine of `thinkrm.dag` through the `thinkrm.structurers` protocol: they only
+Both plug into the state machine of `thinkrm.dag` through the `thinkrm.structurers` protocols (`Structurer`,
+`BatchStructurer`): they only
 *propose* actions, the state machine validates and applies them, so whatever a model answers the DAG is
 valid.
 
@@ -12,8 +13,8 @@ valid.
   no valid answer at all means continue (failing closed to the plainest structure).
 * `BatchLLMStructurer` (`structurer="llm-batch"`), ours: one call labels a window of `batch_size` upcoming
   steps with a JSON object (sent as a `response_format` JSON schema where the server supports it, always
-  checked by a strict parser). An unparsable answer is re-asked `invalid_retries` times, then its steps
-  continue. Far fewer calls and tokens per trace (docs/llm-pipeline.md has the measured ratio).
+  checked by a strict parser). An unparsable answer is re-asked `invalid_retries` times
+  (`thinkrm.llm.client.ask_until_valid`), then its steps continue. Far fewer calls and tokens per trace (docs/llm-pipeline.md has the measured ratio).
 * `summarize_dag` replaces the extractive summaries of a DAG's super-nodes with one-sentence LLM summaries
   (one call per trace); `DAG.macro_view()` then prefixes each with its role tag.
 
@@ -24,7 +25,8 @@ one on the main path. Invalid answers do not vote.
 The structurers are synchronous, as the protocol is. Built by name (`build_dag(text, "llm")`) they read the
 server from `THINKRM_LLM_*`; inside an async pipeline `build_dag_async` shares that pipeline's client (its
 cache, concurrency bound and token accounting) by running the DAG walk in a worker thread. Step texts longer
-than `max_step_chars` are shown as head + tail, so one huge step cannot blow the context window.
+than `max_step_chars` are cut to head + tail (`thinkrm.llm.prompts.clip`), so one huge step cannot blow the
+context window.
 """
 
 from __future__ import annotations
@@ -37,27 +39,20 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..structurers import BatchStructurer, Proposal, StepRef, Structurer, View
 from . import prompts as P
-from .llm import LLMClient, LLMConfig, Usage
-from .structurers import Proposal, StepRef, View
+from .client import LLMClient, LLMConfig, Usage, ask_until_valid
+from .prompts import clip
 
 if TYPE_CHECKING:
-    from .dag import DAG
-    from .steps import Step
+    from ..dag import DAG
+    from ..steps import Step
 
 T = TypeVar("T")
 ACTIONS = ("continue", "backtrack", "merge")  # also the tie-break priority
 _ACTION_RE = re.compile(r"<\|action\|>\s*(continue|backtrack|merge)\b", re.I)
 _PREVIOUS_RE = re.compile(r"<\|previous\|>[ \t]*([^\n]*)")
 _FENCE_RE = re.compile(r"^```(?:json)?\s*|\s*```$")
-
-
-def clip(text: str, limit: int) -> str:
-    """Head and tail of a long step: its opening says what it does, its end what it concluded."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]} [...] {text[-half:]}"
 
 
 class _Runner:
@@ -83,7 +78,7 @@ class _Runner:
             running = None
         if running is self.loop:  # waiting here would block the very loop that must answer
             raise RuntimeError("an LLM structurer sharing a client cannot run on that client's event loop; "
-                               "use `await thinkrm.llm_structure.build_dag_async(...)`")
+                               "use `await thinkrm.llm.structuring.build_dag_async(...)`")
         return asyncio.run_coroutine_threadsafe(fn(self.llm), self.loop).result()
 
     def _start(self) -> None:
@@ -273,19 +268,19 @@ class BatchLLMStructurer(_LLMBase):
         if self.prompt:
             user = f"Problem:\n{self.prompt}\n\n{user}"
         messages = [P.system(P.BATCH_SYSTEM), P.user(user)]
-        for attempt in range(self.invalid_retries + 1):
-            temperature = self.temperature if attempt == 0 else max(self.temperature, 0.7)
-            c = self._run(lambda llm: llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens,
-                                               sample=attempt, stage=self.stage, json_schema=P.BATCH_SCHEMA))
-            self.calls += 1
-            out = parse_batch_answer(c.text, upcoming)
-            if out is not None:
-                return out
-            self.invalid_answers += 1
+        answer = self._run(lambda llm: ask_until_valid(
+            llm, messages, lambda text: parse_batch_answer(text, upcoming), retries=self.invalid_retries,
+            temperature=self.temperature, max_tokens=self.max_tokens, stage=self.stage,
+            json_schema=P.BATCH_SCHEMA))
+        self.calls += answer.attempts
+        self.invalid_answers += answer.attempts - (0 if answer.value is None else 1)
+        if answer.value is not None:
+            return answer.value
         return [Proposal("continue", reason="no valid answer")] * len(upcoming)
 
 
-def make_structurer(name: str, llm: LLMClient, loop: asyncio.AbstractEventLoop, **options: Any) -> Any:
+def make_structurer(name: str, llm: LLMClient, loop: asyncio.AbstractEventLoop,
+                    **options: Any) -> str | Structurer | BatchStructurer:
     """An LLM structurer sharing `llm` (on `loop`), or `name` itself for the non-LLM structurers."""
     if name == "llm":
         return LLMStructurer(llm=llm, loop=loop, **options)
@@ -296,7 +291,7 @@ def make_structurer(name: str, llm: LLMClient, loop: asyncio.AbstractEventLoop, 
 
 async def build_dag_async(llm: LLMClient, text: str, structurer: str = "heuristic", *, prompt: str = "") -> DAG:
     """`build_dag` from async code: LLM structurers use `llm`; the walk runs in a worker thread."""
-    from .dag import build_dag
+    from ..dag import build_dag
 
     impl = make_structurer(structurer, llm, asyncio.get_running_loop())
     return await asyncio.to_thread(build_dag, text, impl, prompt=prompt)
@@ -326,14 +321,13 @@ async def summarize_dag(llm: LLMClient, dag: DAG, prompt: str, *, max_chars: int
         return False
     parts = [(s.id, clip(dag.supernode_text(s.id), max_chars)) for s in dag.supernodes]
     messages = [P.system(P.SUMMARY_SYSTEM), P.user(P.summary_user(prompt, parts))]
-    for attempt in range(invalid_retries + 1):
-        c = await llm.chat(messages, temperature=0.0 if attempt == 0 else 0.7, max_tokens=max_tokens,
-                           sample=attempt, stage="summary", json_schema=P.SUMMARY_SCHEMA)
-        got = parse_summaries(c.text, ids)
-        if got is not None:
-            for s in dag.supernodes:
-                s.summary = got[s.id]
-            dag.meta["summaries"] = "llm"
-            return True
-    dag.meta["summaries"] = "extractive (LLM answer invalid)"
-    return False
+    answer = await ask_until_valid(llm, messages, lambda text: parse_summaries(text, ids),
+                                   retries=invalid_retries, temperature=0.0, max_tokens=max_tokens,
+                                   stage="summary", json_schema=P.SUMMARY_SCHEMA)
+    if answer.value is None:
+        dag.meta["summaries"] = "extractive (LLM answer invalid)"
+        return False
+    for s in dag.supernodes:
+        s.summary = answer.value[s.id]
+    dag.meta["summaries"] = "llm"
+    return True

@@ -12,7 +12,9 @@ the things that make paid calls safe live in one place:
   distinct instead of collapsing onto one cached answer;
 * token accounting from the server's `usage`, per stage, so reports can say what each stage cost;
 * `response_format` JSON schema where the server accepts it, dropped (and remembered as unsupported) when
-  the server rejects the field, so callers always validate the text with a strict parser anyway.
+  the server rejects the field, so callers always validate the text with a strict parser anyway;
+* `ask_until_valid`, the one "ask again while the answer does not parse" loop of the judge, the batch
+  structurer and the LLM summaries, with one retry-temperature rule (`retry_temperature`).
 
 Configuration comes from arguments or the environment (`THINKRM_LLM_BASE_URL`, `THINKRM_LLM_API_KEY`,
 `THINKRM_LLM_MODEL`). httpx is imported only when a client is opened.
@@ -27,10 +29,10 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 ENV_BASE_URL = "THINKRM_LLM_BASE_URL"
 ENV_API_KEY = "THINKRM_LLM_API_KEY"
@@ -41,7 +43,11 @@ _OVERFLOW_HINTS = ("context length", "context_length", "maximum context", "max_m
                    "exceeds the model", "context window", "max_position_embeddings", "longer than")
 _FORMAT_HINTS = ("response_format", "json_schema", "guided", "structured output")
 
+# Retries of an invalid answer sample at least this hot; see `retry_temperature`.
+RETRY_TEMPERATURE = 0.7
+
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class LLMError(RuntimeError):
@@ -340,3 +346,50 @@ async def gather_limited(aws: Iterable[Awaitable[T]]) -> list[T]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def retry_temperature(temperature: float, attempt: int) -> float:
+    """The temperature of attempt `attempt` (0 = first ask) at a caller's `temperature`.
+
+    The first ask uses the caller's temperature; every re-ask after an invalid answer uses
+    `max(temperature, RETRY_TEMPERATURE)`. Why: re-asking the same messages at temperature 0 mostly gets the
+    same invalid answer back (greedy decoding is deterministic on most servers), so a retry must sample to
+    have a chance of differing; taking the max never makes a caller who already samples hotter any colder.
+    """
+    return temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE)
+
+
+@dataclass
+class Answer(Generic[V]):
+    """What `ask_until_valid` got: the parsed `value` (None: no attempt was valid) and every completion."""
+
+    value: V | None
+    completions: list[Completion]
+
+    @property
+    def attempts(self) -> int:
+        return len(self.completions)
+
+    @property
+    def last(self) -> Completion:
+        return self.completions[-1]
+
+
+async def ask_until_valid(llm: LLMClient, messages: list[dict[str, Any]], parse: Callable[[str], V | None], *,
+                          retries: int, temperature: float = 0.0, sample: int = 0,
+                          **chat_options: Any) -> Answer[V]:
+    """Ask, and re-ask up to `retries` times while `parse(text)` returns None.
+
+    Attempt `k` is sent at `retry_temperature(temperature, k)` with sample index `sample + k`, so every
+    attempt is its own cache entry (a rerun replays the same attempts for free) and, at temperature > 0, its
+    own seed. `chat_options` go to `LLMClient.chat` (stage, max_tokens, top_p, json_schema, ...).
+    """
+    completions: list[Completion] = []
+    for attempt in range(retries + 1):
+        c = await llm.chat(messages, temperature=retry_temperature(temperature, attempt),
+                           sample=sample + attempt, **chat_options)
+        completions.append(c)
+        value = parse(c.text)
+        if value is not None:
+            return Answer(value, completions)
+    return Answer(None, completions)

@@ -9,7 +9,7 @@
 3. **pair**: at most `k` pairs per problem among its correct traces, cross-generator pairs first, with both
    lengths recorded; the choice is a pure function of the verified traces and `seed`, so a rerun picks the
    same pairs;
-4. **judge** each pair with the ME² judge (`thinkrm.judge`), DAGs built by the configured structurer;
+4. **judge** each pair with the ME² judge (`thinkrm.llm.judge`), DAGs built by the configured structurer;
 5. **write** the kept pairs as JSONL rows `prompt`, `chosen`, `rejected` (reasoning texts, as
    `thinkrm train` / `thinkrm.pairs` read them) plus metadata, atomically.
 
@@ -31,14 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import (
+    GOLD_FIELDS,
+    PROMPT_FIELDS,
+    InputError,
+    ResumableJsonl,
+    first_field,
+    iter_records,
+    write_json,
+    write_jsonl,
+)
+from ..trace import split_response
+from ..verifiers import MathVerifier, Verifier, load_verifier
 from . import prompts as P
-from .io import InputError, ResumableJsonl, iter_records, write_json, write_jsonl
+from .client import LLMClient, LLMConfig, Usage, gather_limited
 from .judge import JudgeConfig, PairInput, judge_many, summarize
-from .llm import LLMClient, LLMConfig, Usage, gather_limited
-from .trace import PROMPT_FIELDS, split_response
-from .verifiers import MathVerifier, Verifier, load_verifier
 
-GOLD_FIELDS = ("gold", "answer", "solution")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -67,19 +75,23 @@ class Generator:
 
 @dataclass
 class BuildConfig:
-    """How pairs are built. Fields double as `thinkrm build-pairs` flags."""
+    """How pairs are built. Every field but `generators` (`-g/--generator`) and `judge` (the `JudgeConfig`
+    flags) is also a `thinkrm build-pairs` flag with this default and help; the generation settings are
+    `--gen-temperature`, `--gen-top-p` and `--gen-max-tokens` there (`--temperature` etc. are the judge's)."""
 
     generators: list[str] = field(default_factory=list)  # specs, see `Generator.parse`
-    n: int = 4  # traces per problem and generator
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 4096
-    k: int = 4  # pairs per problem, at most
-    seed: int = 0
-    verify_timeout: float = 5.0  # seconds per item, wall clock (llm verifier: per request)
-    verify_workers: int | None = None
-    verifier: str = "math"  # math, choice or llm:URL[,URL...] (thinkrm.verifiers)
-    work_dir: str | None = None  # default: <output>.work
+    n: int = field(default=4, metadata={"help": "Traces per problem and generator."})
+    temperature: float = field(default=0.8, metadata={"help": "Generation temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Generation top-p."})
+    max_tokens: int = field(default=4096, metadata={"help": "Generation max tokens."})
+    k: int = field(default=4, metadata={"help": "Pairs per problem, at most."})
+    seed: int = field(default=0, metadata={"help": "Seed of the pair sampling."})
+    verify_timeout: float = field(default=5.0, metadata={
+        "help": "Seconds per verified answer (hard, wall clock; llm verifier: per request)."})
+    verify_workers: int | None = field(default=None, metadata={"help": "Verifier processes (default: min(4, CPUs))."})
+    verifier: str = field(default="math", metadata={
+        "help": "Answer checker: math, choice, llm:URL[,URL...] (docs/bon-and-rl.md, Verifiers)."})
+    work_dir: str | None = field(default=None, metadata={"help": "Stage stores and cache (default: <out>.work)."})
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> list[Generator]:
@@ -111,8 +123,8 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
     for line, rec in iter_records(path):
         if isinstance(rec, InputError):
             raise rec
-        pk = next((k for k in PROMPT_FIELDS if k in rec), None)
-        gk = next((k for k in GOLD_FIELDS if k in rec), None)
+        pk = first_field(rec, PROMPT_FIELDS)
+        gk = first_field(rec, GOLD_FIELDS)
         if pk is None:
             raise InputError(f"missing prompt (one of {', '.join(PROMPT_FIELDS)})", file=path, line=line)
         if gk is None:
@@ -214,7 +226,7 @@ class Builder:
             self._verify_with(checker, traces, store)
 
     def _verify_with(self, checker: Verifier, traces: list[dict[str, Any]], store: ResumableJsonl) -> None:
-        from .verify import extract_answer
+        from ..verify import extract_answer
 
         gold = {p.id: p.gold for p in self.problems}
         prompt = {p.id: p.prompt for p in self.problems}

@@ -10,13 +10,15 @@ verdict, mapped back to a/b, names the same trace and none is a tie. Orders alte
 position-biased judge is caught after two votes and the remaining calls are skipped (`calls_saved`).
 
 Answers must end with `<|decision|>Trace 1`, `<|decision|>Trace 2` or `<|decision|>Tie`. Anything else is
-invalid: it is re-asked (`invalid_retries` times, sampling at temperature >= 0.7 so a retry can differ) and
-then counted as invalid; a pair with an invalid vote gets no label. Nothing is ever guessed.
+invalid: it is re-asked (`invalid_retries` times, by `thinkrm.llm.client.ask_until_valid`: sampling at
+temperature >= 0.7 so a retry can differ) and then counted as invalid; a pair with an invalid vote gets no
+label. Nothing is ever guessed.
 
 Truncation policy: each view of a trace longer than `max_trace_chars` keeps its first 60% and last 40% of
-that budget with a visible `[... N characters omitted ...]` marker (the start sets up the approach, the end
-holds the conclusion). If the server still reports a context overflow, the budget is halved, up to three
-times, and the pair records `truncated_to`.
+that budget with a visible `[... N characters omitted ...]` marker (`thinkrm.llm.prompts.clip`, the rule
+every prompt of the pipeline uses: the start sets up the approach, the end holds the conclusion). If the
+server still reports a context overflow, the budget is halved, up to three times, and the pair records
+`truncated_to`.
 """
 
 from __future__ import annotations
@@ -28,31 +30,35 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..io import InputError, ResumableJsonl, iter_records
+from ..trace import split_response
 from . import prompts as P
-from .io import InputError, ResumableJsonl, iter_records
-from .llm import Completion, ContextOverflowError, LLMClient, LLMConfig, gather_limited
-from .trace import split_response
+from .client import ContextOverflowError, LLMClient, LLMConfig, ask_until_valid, gather_limited
 
 REASONS = ("consistent", "tie", "inconsistent", "invalid")
 _DECISION_RE = re.compile(r"<\|decision\|>[ \t]*(Trace 1|Trace 2|Tie)\s*\Z")
-RETRY_TEMPERATURE = 0.7
 
 
 @dataclass
 class JudgeConfig:
-    """How pairs are judged. Fields double as `thinkrm judge` flags."""
+    """How pairs are judged. Every field is also a `thinkrm judge` (and `thinkrm build-pairs`) flag with this
+    default and help (`max_trace_chars` -> `--max-trace-chars`)."""
 
-    repeats: int = 3  # votes per presentation order
-    view: str = "structured"  # "structured" (macro/micro views) or "raw" (full traces, the prompt-only baseline)
-    structurer: str = "heuristic"  # how DAGs are built for the structured view: heuristic, llm, llm-batch
-    llm_summaries: bool = False  # one-sentence LLM summaries in the macro view instead of extractive ones
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    invalid_retries: int = 2  # re-asks after an invalid answer
-    max_trace_chars: int = 24000  # per view of each trace; see the truncation policy above
-    early_stop: bool = True
-    pair_concurrency: int = 16  # pairs in flight (each runs its votes in sequence)
+    repeats: int = field(default=3, metadata={"help": "Judge votes per presentation order."})
+    view: str = field(default="structured", metadata={
+        "help": "structured (macro/micro views) or raw (full traces, the prompt-only baseline)."})
+    structurer: str = field(default="heuristic", metadata={
+        "help": "DAG structurer of the structured view: heuristic, embedding, llm, llm-batch."})
+    llm_summaries: bool = field(default=False, metadata={
+        "help": "One-sentence LLM summaries in the macro view instead of extractive ones."})
+    temperature: float = field(default=0.7, metadata={"help": "Judge sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Judge sampling top-p."})
+    max_tokens: int = field(default=1024, metadata={"help": "Max tokens per judge answer."})
+    invalid_retries: int = field(default=2, metadata={"help": "Re-asks after an answer without a valid decision."})
+    max_trace_chars: int = field(default=24000, metadata={
+        "help": "Per view of each trace; longer ones keep head + tail."})
+    early_stop: bool = field(default=True, metadata={"help": "Stop judging a pair once it can no longer be kept."})
+    pair_concurrency: int = field(default=16, metadata={"help": "Pairs in flight (each runs its votes in sequence)."})
 
     def validate(self) -> None:
         if self.view not in ("structured", "raw"):
@@ -61,7 +67,7 @@ class JudgeConfig:
             raise ValueError("repeats must be >= 1")
         if self.invalid_retries < 0 or self.max_trace_chars < 200:
             raise ValueError("invalid_retries must be >= 0 and max_trace_chars >= 200")
-        from .structurers import STRUCTURERS
+        from ..structurers import STRUCTURERS
 
         if self.view == "structured" and self.structurer not in STRUCTURERS:
             raise ValueError(f"unknown structurer {self.structurer!r}; choose one of {', '.join(STRUCTURERS)}")
@@ -87,12 +93,14 @@ def parse_decision(text: str) -> tuple[str | None, str]:
 
 
 def truncate(text: str, limit: int) -> tuple[str, bool]:
-    """Head 60% + tail 40% of `limit` characters with a visible marker, per the documented policy."""
-    if len(text) <= limit:
-        return text, False
-    head, tail = int(limit * 0.6), int(limit * 0.4)
-    omitted = len(text) - head - tail
-    return f"{text[:head]}\n[... {omitted} characters omitted ...]\n{text[-tail:]}", True
+    """`(P.clip(text, limit), whether it cut)`: the pipeline's one head/tail rule, plus the flag a pair records."""
+    return P.clip(text, limit), len(text) > limit
+
+
+def _valid_decision(text: str) -> tuple[str, str] | None:
+    """`parse_decision` for `ask_until_valid`: `(label, rationale)`, or None while the answer is invalid."""
+    label, rationale = parse_decision(text)
+    return None if label is None else (label, rationale)
 
 
 def _to_side(label: str | None, order: str) -> str | None:
@@ -117,7 +125,7 @@ class Views:
 async def trace_views(llm: LLMClient, prompt: str, reasoning: str, cfg: JudgeConfig) -> Views:
     if cfg.view == "raw":
         return Views(reasoning, reasoning, reasoning)
-    from .llm_structure import build_dag_async, summarize_dag
+    from .structuring import build_dag_async, summarize_dag
 
     dag = await build_dag_async(llm, reasoning, cfg.structurer, prompt=prompt)
     if cfg.llm_summaries:
@@ -136,18 +144,20 @@ class _Pair:
 
     async def ask(self, system: str, user: str, sample: int, stage: str) -> dict[str, Any]:
         """One decision, re-asked while invalid; returns label, rationale, attempts and the last raw text."""
-        for attempt in range(self.cfg.invalid_retries + 1):
-            temperature = self.cfg.temperature if attempt == 0 else max(self.cfg.temperature, RETRY_TEMPERATURE)
-            c: Completion = await self.llm.chat([P.system(system), P.user(user)], temperature=temperature,
-                                                top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
-                                                sample=sample * 100 + attempt, stage=stage)
+        answer = await ask_until_valid(self.llm, [P.system(system), P.user(user)], _valid_decision,
+                                       retries=self.cfg.invalid_retries, temperature=self.cfg.temperature,
+                                       sample=sample * 100, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
+                                       stage=stage)
+        for c in answer.completions:
             self.calls += 1
             self.prompt_tokens += c.prompt_tokens
             self.completion_tokens += c.completion_tokens
-            label, rationale = parse_decision(c.text)
-            if label is not None:
-                return {"label": label, "rationale": rationale, "attempts": attempt + 1}
-        return {"label": None, "rationale": c.text.strip()[-2000:], "attempts": self.cfg.invalid_retries + 1,
+        if answer.value is not None:
+            label, rationale = answer.value
+            return {"label": label, "rationale": rationale, "attempts": answer.attempts}
+        c = answer.last
+        # The end of an invalid answer is where its decision line should have been: keep that part.
+        return {"label": None, "rationale": c.text.strip()[-2000:], "attempts": answer.attempts,
                 "finish_reason": c.finish_reason}
 
 

@@ -1,7 +1,8 @@
 """Every prompt text thinkrm sends to an LLM, in one place, written for this project.
 
 Keeping them together makes them reviewable and versionable: a change here changes the cache keys of
-`thinkrm.llm` (the messages are part of the key), so old cached answers are never reused for a new prompt.
+`thinkrm.llm.client` (the messages are part of the key), so old cached answers are never reused for a new
+prompt.
 
 Prompts and their purpose (docs/llm-pipeline.md shows them in context):
 
@@ -19,6 +20,9 @@ Prompts and their purpose (docs/llm-pipeline.md shows them in context):
   answer comes out boxed where the verifier looks first.
 
 Every judge answer must end with `<|decision|>` followed by exactly `Trace 1`, `Trace 2` or `Tie`.
+
+Texts too long for a prompt (a step, a super-node, a judged trace view) are all cut by `clip`, one rule:
+keep the first 60% and the last 40% of the budget around a visible `[... N characters omitted ...]` marker.
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ ACTION_TAG = "<|action|>"
 PREVIOUS_TAG = "<|previous|>"
 DECISION_TAG = "<|decision|>"
 DECISIONS = ("Trace 1", "Trace 2", "Tie")
+CLIP_HEAD = 0.6  # share of a clipped text's budget kept from its start; the rest comes from its end
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters, else its head and tail around a visible marker.
+
+    The head gets `CLIP_HEAD` (60%) of the budget, the tail the rest: the start of a step or trace sets up
+    what it is doing, its end holds what it concluded, and the start usually needs more room to be
+    understood. The marker says how much was cut, so a model (or a reader) knows the text is incomplete.
+    `limit` counts the kept characters; the marker comes on top.
+    """
+    if len(text) <= limit:
+        return text
+    head = int(limit * CLIP_HEAD)
+    tail = limit - head
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters omitted ...]\n{text[len(text) - tail:]}"
 
 # --- DAG structuring, per step (the method's protocol) -------------------------------------------------
 
@@ -206,7 +226,7 @@ def user(text: str) -> dict[str, str]:
 
 
 def describe() -> str:
-    """All prompts as one readable text (the docs embed this; `python -m thinkrm.prompts` prints it)."""
+    """All prompts as one readable text (the docs embed this; `python -m thinkrm.llm.prompts` prints it)."""
     out = [f"## STEP_SYSTEM\n{STEP_SYSTEM}", f"## BATCH_SYSTEM\n{BATCH_SYSTEM}",
            f"## BATCH_SCHEMA\n{json.dumps(BATCH_SCHEMA, indent=1)}", f"## SUMMARY_SYSTEM\n{SUMMARY_SYSTEM}",
            f"## JUDGE_SYSTEM\n{JUDGE_SYSTEM}"]
