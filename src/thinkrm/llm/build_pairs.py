@@ -45,7 +45,7 @@ from ..trace import split_response
 from ..verifiers import MathVerifier, Verifier, load_verifier
 from . import prompts as P
 from .client import LLMClient, LLMConfig, Usage, gather_limited
-from .judge import JudgeConfig, PairInput, judge_many, summarize
+from .judge import JudgeConfig, PairInput, judge_many, summarize_verdicts
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -334,7 +334,7 @@ class Builder:
             ids = {p.id for p in pairs}
             verdicts = {r["id"]: r for r in jstore.records() if r["id"] in ids}
         rows = self.write(pairs, verdicts)
-        judged = summarize(verdicts.values())
+        judged = summarize_verdicts(verdicts.values())
         correct = sum(1 for r in verified.values() if r["correct"])
         summary = {
             "problems": len(self.problems), "traces": len(traces), "verified_correct": correct,

@@ -246,7 +246,7 @@ async def judge_pair(llm: LLMClient, pair: PairInput, cfg: JudgeConfig) -> dict[
     return out
 
 
-def pair_from_record(rec: dict[str, Any], *, default_id: str, file: str | None = None,
+def judge_input_from_record(rec: dict[str, Any], *, default_id: str, file: str | None = None,
                      line: int | None = None) -> PairInput:
     """Validate a `prompt`, `a`, `b` row; a side with `</think>` keeps only its reasoning."""
     def text(name: str) -> str:
@@ -275,7 +275,7 @@ def load_judge_pairs(path: str | os.PathLike) -> list[PairInput]:
     for line, rec in iter_records(path):
         if isinstance(rec, InputError):
             raise rec
-        p = pair_from_record(rec, default_id=str(line), file=str(path), line=line)
+        p = judge_input_from_record(rec, default_id=str(line), file=str(path), line=line)
         if p.id in seen:
             raise InputError(f"duplicate id {p.id!r}", file=path, line=line, field="id")
         seen.add(p.id)
@@ -295,7 +295,7 @@ async def judge_many(llm: LLMClient, pairs: Iterable[PairInput], cfg: JudgeConfi
     await gather_limited(one(p) for p in pairs)
 
 
-def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def summarize_verdicts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Counts and rates of reasons, calls, calls saved by early stopping, tokens."""
     recs = list(records)
     n = len(recs)
@@ -339,7 +339,7 @@ def judge_file(pairs_path: str | os.PathLike, out_path: str | os.PathLike, llm_c
             async with LLMClient(llm_config) as llm:
                 await judge_many(llm, todo, cfg, add)
                 usage = {k: u.to_dict() for k, u in llm.usage.items()}
-            summary = summarize(store.records())
+            summary = summarize_verdicts(store.records())
         summary["usage"] = usage
         return summary
 
