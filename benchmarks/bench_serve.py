@@ -18,6 +18,8 @@ The machine is shared, so on and off runs alternate for `--rounds` rounds and th
     .venv/bin/python benchmarks/bench_serve.py                  # ~2-3 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_serve.py --steps 3-24     # long traces
     .venv/bin/python benchmarks/bench_serve.py --scorer hf:out/trm --requests 2000 --clients 200
+    .venv/bin/python benchmarks/bench_serve.py --scorer lite --vs-score --requests 500 --rounds 2
+                                                                # server vs `thinkrm score` (target >= 0.8x)
 """
 
 from __future__ import annotations
@@ -142,6 +144,29 @@ def batch_stats(metrics: str) -> tuple[float, float]:
     return total, count
 
 
+_IN_PROCESS = """
+import json, sys, time
+from thinkrm.scoring import load_scorer
+texts = json.load(sys.stdin)
+items = [tuple(t.split("\\n", 1)) for t in texts]  # the server splits a formatted text at its first newline
+s = load_scorer(sys.argv[1])
+s.score(items[:50])
+t = time.perf_counter()
+s.score(items)
+print(len(items) / (time.perf_counter() - t))
+"""
+
+
+def in_process(scorer: str, texts: list[str], threads: int) -> float:
+    """Items/s of `thinkrm score`'s path (`load_scorer(spec).score`, its own batching) on the same texts, in a
+    fresh process with the server's thread settings: what the server's throughput is measured against."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", _IN_PROCESS, scorer], input=json.dumps(texts), env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def run(scorer: str, mode_flags: list[str], texts: list[str], clients: int, threads: int) -> dict:
     port = free_port()
     proc = start_server(scorer, port, mode_flags, threads)
@@ -175,6 +200,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     ap.add_argument("--steps", default="1-4", help="reasoning steps per trace, MIN-MAX")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--vs-score", action="store_true",
+                    help="also score the same texts in-process each round (the `thinkrm score` path) and "
+                         "report server / in-process throughput (target >= 0.8)")
     args = ap.parse_args()
     low, _, high = args.steps.partition("-")
     steps = (int(low), int(high or low))
@@ -195,6 +223,7 @@ def main() -> None:
         best: dict[str, dict] = {}
         ratios: list[float] = []
         cpu_ratios: list[float] = []
+        vs_score: list[float] = []
         errors = 0
         for round_ in range(1, args.rounds + 1):
             this_round = {}
@@ -211,6 +240,11 @@ def main() -> None:
                 if name not in best or r["throughput"] > best[name]["throughput"]:
                     best[name] = r
             ratios.append(this_round["batching on"]["throughput"] / this_round["batching off"]["throughput"])
+            if args.vs_score:
+                direct = in_process(scorer, texts, args.threads)
+                vs_score.append(this_round["batching on"]["throughput"] / direct)
+                print(f"round {round_} in-process   : {direct:7.1f} items/s (load_scorer(...).score, same "
+                      f"texts); server with batching / in-process {vs_score[-1]:.2f}x", flush=True)
             cpu_ratios.append(this_round["batching off"]["cpu_ms"] / this_round["batching on"]["cpu_ms"])
         on, off = best["batching on"], best["batching off"]
         print(f"best of {args.rounds}: on {on['throughput']:.1f} req/s (p50 {on['p50'] * 1000:.0f} ms, "
@@ -222,6 +256,9 @@ def main() -> None:
               f"median {ratio:.2f}x (target >= 3x); errors in all runs: {errors} (target 0)")
         print(f"server CPU per request off/on per round: {', '.join(f'{x:.2f}x' for x in cpu_ratios)}; "
               f"median {statistics.median(cpu_ratios):.2f}x")
+        if vs_score:
+            print(f"server / in-process throughput per round: {', '.join(f'{x:.2f}x' for x in vs_score)}; "
+                  f"median {statistics.median(vs_score):.2f}x (target >= 0.8)")
         if errors or ratio < 3:
             sys.exit(1)
 
