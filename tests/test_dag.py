@@ -316,3 +316,36 @@ def test_heuristic_dags_on_real_traces(shared_data):
                 long += 1
                 branched += any(n.action != "continue" for n in dag.nodes)
     assert long > 50 and branched / long > 0.8
+
+
+def test_answer_node_keyword_search_matches_the_scan_of_every_step():
+    """`_answer_node` with the text tests only steps holding an answer keyword; same node as testing all."""
+    from thinkrm.dag import _answer_node
+
+    texts = [
+        "Let me set up.\n\nSo the answer is 5.\n\nWait, let me check the ANSWER again.\n\nHmm, fine, it holds.",
+        "First compute.\n\nThe final Answer: maybe.\n\nSo x = \\BOXED{4}.\n\nAnother answer? No.\n\nDone here.",
+        "Compute it.\n\nSo the sum is 4.\nA: 4\n\nWait, that is all.\n\nAlternatively, a: here is text.",
+        "No keywords at all in this trace.\n\nJust some steps of reasoning about numbers.",
+        "The answer is \u017f.\n\nThe answer is 3.\n\nnothing more",  # a case trap: the per-step scan
+    ]
+    for text in texts:
+        dag = build_dag(text)
+        assert _answer_node(dag.steps, dag.supernodes, text) == _answer_node(dag.steps, dag.supernodes)
+
+
+def test_sentence_end_matches_its_plain_form():
+    import re
+
+    from thinkrm.dag import _SENTENCE_END
+
+    plain = re.compile(r"(?<=[.!?:])\s+|\n+")
+    text = ("First. Second!  Third?\n\nFourth: \n fifth\nsixth \n\n seventh.\n\nx: y.\t z? \n", " a.\nb", "\n\nq. ")
+    for t in text:
+        assert [m.span() for m in _SENTENCE_END.finditer(t)] == [m.span() for m in plain.finditer(t)]
+
+
+def test_case_traps_agree_with_me2():
+    from thinkrm import dag, me2
+
+    assert dag._CASE_TRAPS.pattern == me2._CASE_TRAPS.pattern  # me2's tests derive the list from Unicode

@@ -19,7 +19,13 @@ ITEMS = [
 ]
 
 
-def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False):
+# Every comparison with `reference` pins the scorer to the reference's device and dtype (CPU, float32), so a
+# test means the same on a GPU machine, where the scorer would otherwise pick cuda and bfloat16.
+CPU = dict(device="cpu", dtype="float32")
+
+
+def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False, device="cpu",
+              dtype=torch.float32):
     """Plain transformers, one item at a time: no padding, score at the true last token.
 
     With `trust_pad`, the checkpoint's pad id is left in the config, so transformers' pooling skips
@@ -28,14 +34,14 @@ def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
     if not trust_pad:
         model.config.pad_token_id = None
     out = []
     with torch.inference_mode():
         for p, r in items:
-            enc = tok(text(p, r), return_tensors="pt")
-            out.append(model(**enc).logits[0, 0].item())
+            enc = tok(text(p, r), return_tensors="pt").to(device)
+            out.append(model(**enc).logits[0, 0].float().item())
     return out
 
 
@@ -44,7 +50,7 @@ def reference(path, items, text=lambda p, r: format_input(p, r), trust_pad=False
 def test_scores_equal_plain_forward_and_keep_input_order(tiny_reward_model, batch_size):
     ref = reference(tiny_reward_model, ITEMS)
     assert len(set(round(x, 6) for x in ref)) == len(ITEMS)  # distinct, so a reordering would show
-    with load_scorer(f"hf:{tiny_reward_model}", batch_size=batch_size) as scorer:
+    with load_scorer(f"hf:{tiny_reward_model}", batch_size=batch_size, **CPU) as scorer:
         got = scorer.score(ITEMS)
         assert scorer.device == "cpu" and scorer.max_length == 512  # capped by the model's positions
     assert got == pytest.approx(ref, abs=1e-5)
@@ -61,7 +67,7 @@ def test_tokenizer_padding_side_does_not_matter(tiny_reward_model, tmp_path):
         tok = AutoTokenizer.from_pretrained(d)
         tok.padding_side = side
         tok.save_pretrained(d)
-        scores[side] = load_scorer(f"hf:{d}", batch_size=4).score(ITEMS)
+        scores[side] = load_scorer(f"hf:{d}", batch_size=4, **CPU).score(ITEMS)
     assert scores["left"] == pytest.approx(scores["right"], abs=1e-5)
 
 
@@ -71,7 +77,7 @@ def test_checkpoint_without_pad_token_reads_true_last_token(tiny_reward_model_no
 
     assert AutoTokenizer.from_pretrained(tiny_reward_model_no_pad).pad_token is None
     ref = reference(tiny_reward_model_no_pad, ITEMS)
-    got = load_scorer(f"hf:{tiny_reward_model_no_pad}", batch_size=4).score(ITEMS)
+    got = load_scorer(f"hf:{tiny_reward_model_no_pad}", batch_size=4, **CPU).score(ITEMS)
     assert got == pytest.approx(ref, abs=1e-5)
 
 
@@ -87,7 +93,7 @@ def test_pad_equal_to_eos_is_not_trusted(tiny_reward_model_no_pad, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["pad_token_id"] = tok.eos_token_id
     (d / "config.json").write_text(json.dumps(cfg))
-    got = load_scorer(f"hf:{d}", batch_size=8).score(ITEMS)
+    got = load_scorer(f"hf:{d}", batch_size=8, **CPU).score(ITEMS)
     assert got == pytest.approx(reference(d, ITEMS), abs=1e-5)
     naive = reference(d, ITEMS, trust_pad=True)
     assert abs(naive[5] - got[5]) > 1e-3  # the row ending in EOS is where trusting pad == EOS goes wrong
@@ -102,7 +108,7 @@ def test_no_double_bos_in_chat_mode_from_sidecar(tiny_reward_model, tmp_path):
     tok.chat_template = "<s>" + tok.chat_template  # like Llama-3 templates, which start with BOS text
     tok.save_pretrained(d)
     InputConfig(input_format="chat", max_length=4096).save(d)
-    scorer = load_scorer(f"hf:{d}", batch_size=4)
+    scorer = load_scorer(f"hf:{d}", batch_size=4, **CPU)
     assert scorer.input_format == "chat"
     ids = scorer.encoder.encode("Q", "R").input_ids
     assert ids.count(tok.bos_token_id) == 1
@@ -111,7 +117,7 @@ def test_no_double_bos_in_chat_mode_from_sidecar(tiny_reward_model, tmp_path):
 
 
 def test_long_inputs_are_truncated_and_counted(tiny_reward_model):
-    scorer = load_scorer(f"hf:{tiny_reward_model}", max_length=300)
+    scorer = load_scorer(f"hf:{tiny_reward_model}", max_length=300, **CPU)
     long = ("Q", "12 + 30 = 42. " * 200)
     scores = scorer.score([long, ITEMS[0], long])
     assert scorer.truncated == 2 and scores[0] == pytest.approx(scores[2], abs=1e-6)
@@ -133,7 +139,7 @@ def test_bad_checkpoints_give_clear_errors(tiny_reward_model, tmp_path):
 
 def test_already_encoded_inputs_score_like_a_plain_forward_in_input_order(tiny_reward_model):
     # What `thinkrm train` calibrates with: the token ids of the training data, not re-encoded text.
-    scorer = load_scorer(f"hf:{tiny_reward_model}", batch_size=3)
+    scorer = load_scorer(f"hf:{tiny_reward_model}", batch_size=3, **CPU)
     ids = [e.input_ids for e in scorer.encoder.encode_batch(ITEMS)]
     assert scorer.score_encoded(ids) == pytest.approx(reference(tiny_reward_model, ITEMS), abs=1e-5)
 
@@ -150,3 +156,40 @@ def test_calibration_is_read_from_a_local_checkpoint(tiny_reward_model, tmp_path
     scorer = load_scorer(f"hf:{d}")
     assert scorer.calibration == Calibration(-1.5, 0.25, 40, "held-out") and scorer.max_length == 256
     assert load_scorer(f"hf:{d}", calibration="2,3").calibration.center == 2.0  # a given one wins
+
+
+def test_chunks_token_budget_and_prefetch_keep_input_order(tiny_reward_model):
+    # Many chunks (so the background tokenizer thread runs), small batches cut by the token budget, mixed
+    # lengths: still one plain forward's scores, in input order, and the same on every run.
+    items = [(p, r * (1 + i % 5)) for i, (p, r) in enumerate(ITEMS * 6)]
+    ref = reference(tiny_reward_model, items)
+    scorer = load_scorer(f"hf:{tiny_reward_model}", batch_size=16, max_batch_tokens=200, chunk_size=5,
+                         prefetch=True, **CPU)
+    got = scorer.score(items)
+    assert got == pytest.approx(ref, abs=1e-5)
+    assert scorer.score(items) == got
+    assert scorer.score([]) == [] and scorer.score_encoded([]) == []
+
+
+def test_batches_respect_size_and_token_budget():
+    from thinkrm.hf_scorer import plan_batches
+
+    lengths = [5, 50, 7, 50, 3, 120, 9, 9]
+    batches = plan_batches(lengths, batch_size=3, max_batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [5]  # over the budget alone: a batch of its own
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100)
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert plan_batches(lengths, 3, 100) == batches  # deterministic, ties in input order
+
+
+def test_decoder_head_runs_in_float32_on_the_scorer_device(tiny_reward_model):
+    # The scorer's own device and dtype (cuda + bf16 on a GPU machine), against a reference on the same ones.
+    scorer = load_scorer(f"hf:{tiny_reward_model}", batch_size=4)
+    assert scorer._head is not None  # a Llama classifier: score head applied to the hidden state in fp32
+    dtype = scorer.model.dtype
+    ref = reference(tiny_reward_model, ITEMS, device=scorer.device, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    assert scorer.score(ITEMS) == pytest.approx(ref, abs=tol)
+    assert all(isinstance(x, float) for x in scorer.score_ids([[1, 5, 7], [1, 9]]))

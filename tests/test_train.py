@@ -526,6 +526,23 @@ def test_python_dash_m_entry_point(module):
     assert not imported & {"thinkrm.serving", "thinkrm.serving.app", "thinkrm.cli.serve", "thinkrm.cli.score"}
 
 
+def test_accelerate_cpu_flag_keeps_training_on_the_cpu(monkeypatch):
+    # `accelerate launch --cpu` only sets ACCELERATE_USE_CPU. TrainingArguments must be told too: otherwise on
+    # a GPU machine its device (where the Trainer puts the model) is cuda:0 while the batches stay on the CPU.
+    from accelerate.state import AcceleratorState
+
+    config = TrainConfig.from_preset("cpu-debug", output_dir="out")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    try:
+        args = _reward_config(config, has_eval=False)
+        assert args.use_cpu and not args.dataloader_pin_memory
+        assert args.device.type == "cpu"  # the check that matters on a CUDA machine
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    assert not _reward_config(config, has_eval=False).use_cpu
+
+
 @pytest.mark.slow
 def test_two_process_launch_trains_once_and_saves_once(tmp_path, tiny_reward_model):
     # The multi-GPU path (ranks, global batch, main-process save, keep-best) on CPU processes via gloo.

@@ -12,6 +12,7 @@ its ancestors are the "micro" path; role-tagged summaries of all super-nodes are
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from itertools import islice
@@ -138,7 +139,13 @@ DEFAULT_BATCH = 16  # upcoming steps offered per propose_batch call when the str
 _ANSWER = re.compile(r"(?:(?=[\\fta])|^)"
                      r"(?:\\boxed\s*\{|\bfinal answer\b|\b(?:the )?answer is\b|^\W*answer\W*:|^\s*A:\s*\S)",
                      re.IGNORECASE | re.MULTILINE)
-_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
+# The characters whose lower case changes length or character class, or that match an ASCII letter only
+# under re.IGNORECASE (thinkrm.me2 keeps the same list and its tests re-derive it from Unicode).
+_CASE_TRAPS = re.compile("[\u0130\u0131\u017f\u212a]")
+# A sentence ends at spaces after . ! ? or :, or at newlines; that is `(?<=[.!?:])\s+|\n+`, written to open
+# with the space it needs (the look-behinds then check what precedes it, or that it is a newline) so that the
+# engine's fast character-set search skips the text between spaces.
+_SENTENCE_END = re.compile(r"\s(?:(?<=[.!?:]\s)\s*|(?<=\n)\n*)")
 _MARKUP = re.compile(r"[*#`]+|^\s*>\s*")
 _SPACE = re.compile(r"\s+")
 _SUMMARY_CHARS = 120
@@ -175,7 +182,7 @@ def build_dag(text_or_steps: str | list[Step], structurer: str | Any = "heuristi
     for sn in supernodes:
         opening = " ".join(steps[i].text[:_SUMMARY_SCAN] for i in sn.members[:3])
         sn.summary = summarize(opening[:_SUMMARY_SCAN])
-    answer = _answer_node(steps, supernodes)
+    answer = _answer_node(steps, supernodes, text if isinstance(text_or_steps, str) else None)
     nodes = [StepNode(i, p, a) for i, (p, a) in enumerate(zip(machine.parents, machine.actions))]
     return DAG(text=text, steps=steps, nodes=nodes, supernodes=supernodes, answer_node=answer,
                answer_path=_answer_path(supernodes, answer), structurer=name,
@@ -324,15 +331,44 @@ def states_answer(text: str) -> bool:
     return _ANSWER.search(text) is not None
 
 
-def _answer_node(steps: list[Step], supernodes: list[SuperNode]) -> int | None:
-    """The super-node holding the last statement of an answer; the last super-node when none does."""
+def _answer_node(steps: list[Step], supernodes: list[SuperNode], text: str | None = None) -> int | None:
+    """The super-node holding the last statement of an answer; the last super-node when none does.
+
+    `text`, when given, is the string the steps were split from (each step's text lies within its span);
+    then only the steps holding a keyword every answer statement contains are tested (see `_answer_step`).
+    """
     if not supernodes:
         return None
     of = {m: s.id for s in supernodes for m in s.members}
+    if text is not None and not _CASE_TRAPS.search(text):
+        i = _answer_step(steps, text)
+        return of[i] if i is not None else supernodes[-1].id
     for step in reversed(steps):
         if states_answer(step.text):
             return of[step.index]
     return supernodes[-1].id
+
+
+def _answer_step(steps: list[Step], text: str) -> int | None:
+    """The last step that `states_answer`, found from the keywords of `_ANSWER` instead of a scan per step.
+
+    Every match of `_ANSWER` contains `\\boxed`, `answer` or `a:` in lower case, so a step whose span holds
+    none of them cannot state an answer: going back from the end, each round finds the last keyword that
+    lies wholly before the steps already ruled out and tests only the step where it starts. A text without
+    the characters that lowering or re.IGNORECASE treat specially (`_CASE_TRAPS`) keeps its offsets when
+    lowered, and its keywords match case-insensitively only where the lowered text holds them.
+    """
+    low = text.lower()
+    starts = [s.start for s in steps]
+    limit = len(low)
+    while True:
+        at = max(low.rfind("answer", 0, limit), low.rfind("\\boxed", 0, limit), low.rfind("a:", 0, limit))
+        if at < 0:
+            return None
+        k = bisect.bisect_right(starts, at) - 1
+        if states_answer(steps[k].text):
+            return k
+        limit = steps[k].start
 
 
 def _answer_path(supernodes: list[SuperNode], answer: int | None) -> list[int]:

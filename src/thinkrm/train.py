@@ -348,9 +348,18 @@ def _reward_config(config: TrainConfig, has_eval: bool):
         greater_is_better=True if keep_best else None,
         logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed,
         report_to=config.report_to,
+        # `accelerate launch --cpu` only sets ACCELERATE_USE_CPU; TrainingArguments must be told as well, or
+        # its own device (which the Trainer moves the model to) falls back to cuda:0 on a GPU machine while
+        # the accelerator keeps the batches on the CPU.
+        use_cpu=_use_cpu(),
         # Pinned host memory only helps copies to a GPU; on CPU runs it just warns.
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available() and not _use_cpu(),
     )
+
+
+def _use_cpu() -> bool:
+    """Whether this run was asked to stay on the CPU (`accelerate launch --cpu` sets ACCELERATE_USE_CPU)."""
+    return os.environ.get("ACCELERATE_USE_CPU", "false").strip().lower() in ("1", "true", "yes", "y", "on")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -520,7 +529,8 @@ def _save(trainer, config: TrainConfig, out: Path, report: TrainReport, referenc
         trainer.processing_class.save_pretrained(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        _finish(config, out, report, reference, str(acc.device))
+        # Calibrate where training ran; a --cpu run stays on the CPU even if a GPU is visible.
+        _finish(config, out, report, reference, "cpu" if _use_cpu() else str(acc.device))
     # Only the main process scores and writes; the others wait, so a launch ends with a complete checkpoint.
     acc.wait_for_everyone()
 
