@@ -25,7 +25,8 @@ from .config import LiteConfig
 # are hashed, not just `parse`: an unrelated edit costs one re-parse (~15 s), a missed dependency a model
 # trained on stale features.
 _PARSE_CODE = ("lite/config.py", "lite/features.py", "lite/cache.py", "steps.py", "delimiters.py",
-               "data/delimiters.json", "dag.py", "structurers.py", "me2.py", "verify.py", "trace.py")
+               "data/delimiters.json", "dag.py", "structurers.py", "me2.py", "arithmetic.py", "verify.py",
+               "trace.py")
 
 
 @functools.lru_cache(maxsize=1)
