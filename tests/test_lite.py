@@ -12,6 +12,7 @@ from thinkrm.formatting import Item
 from thinkrm.io import InputError
 from thinkrm.lite import (
     DEFAULT_DIR,
+    Embedder,
     LiteConfig,
     LiteModel,
     LiteScorer,
@@ -345,3 +346,12 @@ def test_checkpoints_saved_before_long_trace_reading_load_as_version_1(tmp_path)
     del raw["config"]["features"]  # what an older thinkrm wrote
     (tmp_path / "config.json").write_text(json.dumps(raw))
     assert LiteModel.load(tmp_path).config.features == 1
+
+
+def test_parse_cache_keeps_feature_versions_apart(tmp_path):
+    from thinkrm.lite.features import parse as lite_parse
+
+    items = [Item("Add 2 and 3.", "2 + 3 = 5.\n\nSo the answer is 5.")]
+    v2 = Embedder(tmp_path).parsed_items(items, LiteConfig(max_segments=4, features=2), lite_parse)
+    v1 = Embedder(tmp_path).parsed_items(items, LiteConfig(max_segments=4, features=1), lite_parse)
+    assert v1[0][1].shape[1] < v2[0][1].shape[1] and len(v1[0][2]) < len(v2[0][2])

@@ -144,7 +144,9 @@ class Embedder:
         """`parse(item, config)` for each item, memoised on disk next to the embeddings when caching."""
         if not self.cache_dir:
             return [parse(it, config) for it in items]
-        settings = json.dumps([config.segment_tokens, config.max_segments, config.use_structure, config.signals])
+        # Every setting `features.parse` reads: a version-1 and a version-2 parse of one trace differ in shape.
+        settings = json.dumps([config.segment_tokens, config.max_segments, config.use_structure, config.signals,
+                               config.features])
         keys = [hashlib.sha1(f"{settings}\x00{it.prompt}\x00{it.reasoning}".encode("utf-8", "surrogatepass")).digest()
                 for it in items]
         if any(k not in self._parsed for k in keys):
