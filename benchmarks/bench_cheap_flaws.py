@@ -57,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from thinkrm.bon import load_candidates
-    from thinkrm.lite.recipe import POOL_TEST_FRACTION, POOLS as FILES, split_groups
+    from thinkrm.lite.recipe import POOLS as FILES
+    from thinkrm.lite.recipe import held_out_problems
     from thinkrm.scoring import load_scorer
 
     split = json.loads(args.heldout.read_text()) if args.heldout else None
@@ -69,8 +70,7 @@ def main() -> None:
             print(f"skip {name}: {path} not found")
             continue
         cands = load_candidates(path)
-        held = (set(split[f"{name}_test_problem_ids"]) if split else
-                split_groups((c.problem_id for c in cands), POOL_TEST_FRACTION, 0))
+        held = held_out_problems(name, cands, split)
         good = [c for c in cands if c.correct and c.problem_id in held and c.reasoning.strip()]
         for c in rng.sample(good, min(args.per_pool, len(good))):
             for kind, text in perturbations(c.reasoning, rng).items():

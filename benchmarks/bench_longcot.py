@@ -5,7 +5,7 @@
 
 Pools: ../shared/data/longcot-dev/ (AMC23 40 x 16 runs, Minerva 272 x 5; cross-model, many 20k-60k character
 R1-style traces, see ../shared/README.md). By default only the held-out half of each pool's problems is scored:
-the problems `thinkrm.lite.recipe.split_groups` holds out of TRM-lite training (seed 0), or those listed in a
+the problems `thinkrm.lite.recipe.held_out_problems` holds out of TRM-lite training (seed 0), or those listed in a
 checkpoint's `--heldout split.json`; `--all` scores every problem (for scorers that never trained on these).
 
 Targets, printed per pool as PASS / FAIL with the paired 95% CI over problems:
@@ -30,14 +30,6 @@ sys.path.insert(0, str(ROOT / "src"))
 
 POOLS = {"amc23": "longcot-dev/amc23.jsonl", "minerva": "longcot-dev/minerva.jsonl"}
 LONG = 6000  # characters of reasoning from which a trace counts as long (../shared/README.md)
-
-
-def heldout_ids(name: str, cands, split: dict | None) -> set[str]:
-    from thinkrm.lite.recipe import POOL_TEST_FRACTION, split_groups
-
-    if split is not None:
-        return set(split[f"{name}_test_problem_ids"])
-    return split_groups((c.problem_id for c in cands), POOL_TEST_FRACTION, 0)
 
 
 def verdicts(result: dict, console) -> list[bool]:
@@ -105,8 +97,9 @@ def main() -> None:
 
     from rich.console import Console
 
-    from thinkrm.bon import best_of_n, load_candidates
+    from thinkrm.bon import best_of_n, load_candidates, ns_to_pool_size
     from thinkrm.cli.bon import table
+    from thinkrm.lite.recipe import held_out_problems
 
     console = Console(width=140)
     split = json.loads(args.heldout.read_text()) if args.heldout else None
@@ -120,14 +113,12 @@ def main() -> None:
             cands = load_candidates(path)
             everything += cands
             if not args.all:
-                keep = heldout_ids(name, cands, split)
+                keep = held_out_problems(name, cands, split)
                 cands = [c for c in cands if c.problem_id in keep]
             out = Path(args.out) / name / spec.replace(":", "_").replace("/", "_")
             if args.fresh and out.exists():
                 shutil.rmtree(out)
-            size = max(sum(c.problem_id == p for c in cands) for p in {c.problem_id for c in cands})
-            ns = sorted({n for n in (1, 2, 4, 8, 16, 32) if n < size} | {size})
-            res = best_of_n(cands, spec, ns=ns, repeats=args.repeats, cache_dir=out)
+            res = best_of_n(cands, spec, ns=ns_to_pool_size(cands), repeats=args.repeats, cache_dir=out)
             results[f"{spec}/{name}"] = res
             console.print(table(res))
             n_long = sum(len(c.reasoning) >= LONG for c in cands)

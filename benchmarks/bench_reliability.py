@@ -46,7 +46,7 @@ from typing import Self
 
 import httpx
 import psutil
-from bench_serve import STEPS, free_port, post_json, traces
+from bench_serve import STEPS, free_port, post_json, traces, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # every probe stays on loopback
@@ -70,18 +70,7 @@ class Server:
         cmd = [sys.executable, "-c", code, "serve", "--scorer", scorer, "--host", HOST,
                "--port", str(self.port), *flags]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not come up within 120 s")
-            time.sleep(0.1)
+        wait_until_healthy(self.proc, self.url, poll=0.1)
 
     def rss_mib(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20

@@ -66,17 +66,27 @@ def start_server(scorer: str, port: int, extra: list[str], threads: int) -> subp
     cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", scorer,
            "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    wait_until_healthy(proc, f"http://127.0.0.1:{port}")
+    return proc
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float = 120.0, poll: float = 0.2) -> None:
+    """Return once the `thinkrm serve` subprocess `proc` answers `url`/health with 200; raise (killing it on
+    the timeout) if it exits first or does not come up in `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()}")
+            detail = f": {proc.stderr.read()[-2000:]}" if proc.stderr is not None else ""
+            raise RuntimeError(f"server exited with {proc.returncode}{detail}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
         except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not come up within 120 s")
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not come up within {timeout:.0f} s")
+        time.sleep(poll)
 
 
 async def post_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the tokenizer the tests train, reused rather than copied
 
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the server helpers bench_serve.py already has
+
+from bench_serve import free_port, wait_until_healthy  # noqa: E402
 from tiny_models import CORPUS, make_tokenizer  # noqa: E402
 
 FULL = dict(hidden=1024, layers=12, heads=16, intermediate=2816, items=512, tokens=2000, batch=32,
@@ -118,12 +120,6 @@ def scorer_rate(scorer, items, device: str) -> tuple[float, list[float]]:
     return len(items) / (time.perf_counter() - start), scores
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_rate(path: Path, items, args, clients: int = 64) -> tuple[float, int]:
     """items/s of `thinkrm serve --scorer hf:DIR` with `clients` threads, one item per request."""
     import httpx
@@ -138,18 +134,7 @@ def serve_rate(path: Path, items, args, clients: int = 64) -> tuple[float, int]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not come up within 180 s")
-            time.sleep(0.3)
+        wait_until_healthy(proc, url, timeout=180, poll=0.3)
         local = threading.local()
         errors = 0
 

@@ -77,14 +77,23 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'thinkrm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def _lazy_attributes(namespace: dict[str, Any], exports: dict[str, str]) -> tuple[Any, Any]:
+    """`__getattr__` and `__dir__` (PEP 562) for a package whose names, `exports` = {name: module path}, load
+    their module on first use and are then cached in the package's `namespace`. Shared with the subpackages
+    that must stay as light to import (`thinkrm.serving`)."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *exports})
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = _lazy_attributes(globals(), _EXPORTS)

@@ -138,6 +138,15 @@ def candidate_from_record(rec: dict[str, Any], *, file: str | None = None,
     return Candidate(str(pid), prompt, response, correct, None if gold is None else str(gold), extra)
 
 
+def ns_to_pool_size(candidates: Iterable[Candidate]) -> list[int]:
+    """Every N worth reporting for a pool: the powers of two below its largest problem's candidate count, and
+    that count itself (the whole pool)."""
+    from collections import Counter
+
+    size = max(Counter(c.problem_id for c in candidates).values())
+    return [n for n in (1, 2, 4, 8, 16, 32) if n < size] + [size]
+
+
 def _slug(spec: str) -> str:
     """A file-name-safe cache name; the hash keeps long specs that share a prefix apart."""
     digest = hashlib.sha1(spec.encode("utf-8")).hexdigest()[:10]

@@ -71,6 +71,15 @@ def split_groups(groups: Iterable[str], test_fraction: float, seed: int) -> set[
     return set(ids[:round(len(ids) * test_fraction)])
 
 
+def held_out_problems(name: str, candidates: Iterable[Candidate], split: dict[str, Any] | None = None,
+                      seed: int = 0) -> set[str]:
+    """The problem ids of pool `name` held out of training: those a checkpoint's `split` (its split.json)
+    lists, else the recipe's own split for `seed`, the one `build_dataset` makes."""
+    if split is not None:
+        return set(split[f"{name}_test_problem_ids"])
+    return split_groups((c.problem_id for c in candidates), POOL_TEST_FRACTION, seed)
+
+
 def _tag(pair: Pair, group: str, source: str) -> Pair:
     """Remember the problem a pair belongs to (the unit of the split) and its data source (for weighting)."""
     pair.extra["group"], pair.extra["source"] = group, source
@@ -166,7 +175,7 @@ def build_dataset(pairs_path: str | None, shared_dir: str | None, seed: int, con
                 raise InputError("candidate pool not found", file=path)
             hashes[str(rel)] = file_sha256(path)
             cands = load_candidates(path)
-            held_pool = split_groups((c.problem_id for c in cands), POOL_TEST_FRACTION, seed)
+            held_pool = held_out_problems(name, cands, seed=seed)
             split[f"{name}_test_problem_ids"] = sorted(held_pool)
             pools[name] = [c for c in cands if c.problem_id in held_pool]
             train_cands = [c for c in cands if c.problem_id not in held_pool]

@@ -180,7 +180,7 @@ def train_lite(pairs_path: str | None, output_dir: str | os.PathLike, shared_dir
 
 def evaluate(model: LiteModel, embedder: Embedder, data: Dataset) -> dict[str, Any]:
     """Held-out results through the project's own evaluators (`thinkrm eval-pairs`, `thinkrm bon`)."""
-    from ..bon import best_of_n
+    from ..bon import best_of_n, ns_to_pool_size
     from ..evaluate import evaluate_pairs
 
     scorer = LiteScorer.from_model(model, embedder)
@@ -188,8 +188,7 @@ def evaluate(model: LiteModel, embedder: Embedder, data: Dataset) -> dict[str, A
     if data.test:
         results["pairs"] = evaluate_pairs(data.test, scorer)
     for name, cands in data.pools.items():
-        size = max(count(c.problem_id for c in cands).values())
-        ns = sorted({n for n in (1, 2, 4, 8, 16, 32) if n < size} | {size})
-        results[f"bon_{name}"] = best_of_n(cands, scorer, strategies=("argmax", "weighted-vote"), ns=ns,
+        results[f"bon_{name}"] = best_of_n(cands, scorer, strategies=("argmax", "weighted-vote"),
+                                           ns=ns_to_pool_size(cands),
                                            repeats=BON_REPEATS)
     return results

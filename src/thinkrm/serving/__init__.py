@@ -23,7 +23,8 @@ The package, one concept per module, from the outside in:
 * `guard` - the ASGI layer in front of the app (drain, auth, body limits, UTF-8, metrics);
 * `app` - `create_app`: the FastAPI routes of each protocol;
 * `schemas` - the request and response bodies (the OpenAPI schema);
-* `inputs` - the rules a request's content must follow, and how formatted text splits into (prompt, reasoning);
+* `inputs` - the rules a request's content must follow, and how formatted text splits into
+  (prompt, reasoning);
 * `batcher` - dynamic micro-batching of scorer calls; `work` - bounded queues for verification and analysis;
 * `metrics` - the Prometheus counters; `errors` - the exceptions that become HTTP errors.
 
@@ -32,10 +33,9 @@ Importing this package is cheap: the names below load their module on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .. import _lazy_attributes
 
-_EXPORTS = {
+_EXPORTS = {name: f"{__name__}.{module}" for name, module in {
     "ServeConfig": "config",
     "API_KEY_ENV": "config",
     "create_app": "app",
@@ -46,19 +46,7 @@ _EXPORTS = {
     "split_formatted": "inputs",
     "MicroBatcher": "batcher",
     "Metrics": "metrics",
-}
+}.items()}
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = _lazy_attributes(globals(), _EXPORTS)
