@@ -8,8 +8,9 @@ directory, then, in one process and side by side:
    (`model(**tokenizer(batch, padding=True))` over the items in order), at the same batch size;
 2. max |score difference| between batched scoring and one item at a time (same scorer), and between the
    scorer and the naive loop;
-3. items/s of `thinkrm serve --scorer hf:DIR` on 127.0.0.1 under 64 client threads (one item per request),
-   against the scorer's own items/s;
+3. items/s of `thinkrm serve --scorer hf:DIR` on 127.0.0.1 under 64 client connections (one item per
+   request), against the scorer's own items/s, and its start-up (seconds to /health) against a fresh
+   process that loads the scorer and scores one item;
 4. `pytest -q -x tests/test_hf_scorer.py tests/test_train.py`, result line printed.
 
     python benchmarks/gpu_check.py                 # GPU: 512 items of ~2,000 tokens, ~150M model, < 8 min
@@ -24,9 +25,7 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tokenizer the tests train, reused
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the server helpers bench_serve.py already has
 
-from bench_serve import free_port, wait_until_healthy  # noqa: E402
+from bench_serve import free_port, load, wait_until_healthy  # noqa: E402
 from tiny_models import CORPUS, make_tokenizer  # noqa: E402
 
 FULL = dict(hidden=1024, layers=12, heads=16, intermediate=2816, items=512, tokens=2000, batch=32,
@@ -120,9 +119,12 @@ def scorer_rate(scorer, items, device: str) -> tuple[float, list[float]]:
     return len(items) / (time.perf_counter() - start), scores
 
 
-def serve_rate(path: Path, items, args, clients: int = 64) -> tuple[float, int]:
-    """items/s of `thinkrm serve --scorer hf:DIR` with `clients` threads, one item per request."""
-    import httpx
+def serve_rate(path: Path, items, args, clients: int = 64) -> tuple[float, int, float]:
+    """(items/s, errors, seconds to start) of `thinkrm serve --scorer hf:DIR` under `clients` connections,
+    one item per request. The load comes from bench_serve's asyncio client (raw HTTP/1.1 keep-alive): 64
+    httpx threads in this process would spend more CPU per request than the server does, and measure
+    themselves."""
+    import asyncio
 
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1",
@@ -131,35 +133,43 @@ def serve_rate(path: Path, items, args, clients: int = 64) -> tuple[float, int]:
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", f"hf:{path}",
            "--port", str(port), "--max-batch-size", str(args.batch_size)]
+    started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(proc, url, timeout=180, poll=0.3)
-        local = threading.local()
-        errors = 0
-
-        def one(item) -> None:
-            nonlocal errors
-            client = getattr(local, "client", None)
-            if client is None:
-                client = local.client = httpx.Client(base_url=url, timeout=300)
-            r = client.post("/score", json={"items": [{"prompt": item[0], "response": item[1]}],
-                                            "analysis": False})
-            if r.status_code != 200:
-                errors += 1
-
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(one, items[:clients]))  # warm-up: connections, first batches
-            start = time.perf_counter()
-            list(pool.map(one, items))
-            rate = len(items) / (time.perf_counter() - start)
-        return rate, errors
+        wait_until_healthy(proc, url, timeout=180, poll=0.05)
+        startup = time.perf_counter() - started
+        # The server splits a formatted text at its first newline; these prompts have none.
+        texts = [f"{p}\n{r}" for p, r in items]
+        asyncio.run(load(port, texts[:clients], clients))  # warm-up: connections, first batches
+        wall, _, errors = asyncio.run(load(port, texts, clients))
+        return len(texts) / wall, len(errors), startup
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+_LOAD = """
+import sys, time
+t = time.perf_counter()
+from thinkrm.scoring import load_scorer
+load_scorer(sys.argv[1], device=sys.argv[2], dtype=sys.argv[3]).score([("What is 2 + 3?", "5")])
+print(time.perf_counter() - t)
+"""
+
+
+def load_seconds(path: Path, device: str, dtype: str) -> float:
+    """Seconds a fresh process takes to import thinkrm, load `hf:path` and score one item: what starting a
+    server cannot avoid, against which its start-up is measured (both include the interpreter's start)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _LOAD, f"hf:{path}", device, dtype], env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -232,9 +242,12 @@ def main() -> int:
             torch.cuda.empty_cache()
 
         if not args.no_serve:
-            rate, errors = serve_rate(path, items[:cfg["requests"]], args)
-            print(f"[serve] {rate:.1f} items/s with 64 client threads, one item per request, {errors} errors "
+            rate, errors, startup = serve_rate(path, items[:cfg["requests"]], args)
+            print(f"[serve] {rate:.1f} items/s with 64 clients, one item per request, {errors} errors "
                   f"| scorer in-process {sr:.1f} items/s | ratio {rate / sr:.2f}")
+            load = load_seconds(path, device, dtype_name)
+            print(f"[startup] serve to /health {startup:.1f} s | fresh process: load + score one item "
+                  f"{load:.1f} s | ratio {startup / load:.2f}")
 
     if not args.no_tests:
         env = dict(os.environ, HF_HUB_OFFLINE="1")

@@ -144,6 +144,19 @@ def test_already_encoded_inputs_score_like_a_plain_forward_in_input_order(tiny_r
     assert scorer.score_encoded(ids) == pytest.approx(reference(tiny_reward_model, ITEMS), abs=1e-5)
 
 
+def test_scoring_in_two_stages_equals_scoring_at_once(tiny_reward_model):
+    # What the server does: `prepare` (tokenize) requests as they arrive, then score merged batches of them.
+    scorer = load_scorer(f"hf:{tiny_reward_model}", max_length=300, batch_size=3, **CPU)
+    long = ("Q", "12 + 30 = 42. " * 200)
+    items = [*ITEMS, long]
+    whole = scorer.score(items)
+    assert scorer.truncated == 1
+    parts = [scorer.prepare(items[:2]), scorer.prepare(items[2:])]
+    assert scorer.truncated == 1  # counted when scored, once per score
+    assert scorer.score_prepared(parts[0] + parts[1]) == pytest.approx(whole, abs=1e-6)
+    assert scorer.truncated == 2
+
+
 def test_calibration_is_read_from_a_local_checkpoint(tiny_reward_model, tmp_path):
     from thinkrm.calibration import Calibration
 

@@ -419,6 +419,110 @@ def test_a_failing_merged_batch_is_retried_in_halves_not_request_by_request():
     assert len(scorer.calls) <= 10, scorer.calls
 
 
+class Gated(RecordingScorer):
+    """Holds its first call until the test opens `gate`, so the test controls what queues meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def score(self, items):
+        if not self.calls:
+            self.entered.set()
+            self.gate.wait(30)
+        return super().score(items)
+
+
+def queue_depth(client: httpx.Client) -> int:
+    line = next(ln for ln in client.get("/metrics").text.splitlines() if ln.startswith("thinkrm_queue_depth "))
+    return int(line.split()[1])
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_request_queued_while_the_model_was_busy_is_scored_next_without_waiting():
+    """`--max-wait-ms` is for a request that finds the model idle: it waits for company. One that queued
+    behind a busy model has had its chance to gather company, and the model takes it at once (the batcher
+    used to wait the full window again after every call: model idle between calls under load)."""
+    scorer = Gated()
+    config = ServeConfig(port=0, max_batch_size=2, max_wait_ms=60_000)
+    with running(scorer, config) as url, httpx.Client(base_url=url, timeout=10) as client:
+        post = lambda t: client.post("/v1/embeddings", json={"input": t})  # noqa: E731
+        with ThreadPoolExecutor(3) as pool:
+            first = [pool.submit(post, t) for t in ("p\na", "p\nbb")]  # a full batch: goes at once
+            assert scorer.entered.wait(10)
+            late = pool.submit(post, "p\nccc")
+            wait_for(lambda: queue_depth(client) == 1)
+            scorer.gate.set()
+            started = time.monotonic()
+            assert late.result().json()["data"][0]["embedding"] == [-3.0]  # not 60 s later (timeout 10 s)
+            assert time.monotonic() - started < 5
+            assert [f.result().status_code for f in first] == [200, 200]
+    assert scorer.calls == [2, 1]
+
+
+class TwoStage(RecordingScorer):
+    """A scorer with work to do before its model (`prepare`, like tokenizing), recording where it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.prepared_threads: set[str] = set()
+        self.second_prepared = threading.Event()
+        self.scoring = threading.Event()
+        self.overlapped: bool | None = None
+
+    def prepare(self, items):
+        items = [Item(*it) for it in items]
+        self.prepared_threads.add(threading.current_thread().name)
+        if any("UNTOKENIZABLE" in it.reasoning for it in items):
+            raise ValueError("cannot tokenize")
+        if any(it.reasoning == "second" for it in items):
+            self.second_prepared.set()
+        return [("prepared", it) for it in items]
+
+    def score_prepared(self, prepared):
+        assert all(tag == "prepared" for tag, _ in prepared)
+        if self.overlapped is None:
+            self.scoring.set()
+            self.overlapped = self.second_prepared.wait(10)
+        return self.score([it for _, it in prepared])
+
+
+def test_requests_are_prepared_while_the_model_scores_earlier_ones():
+    scorer = TwoStage()
+    assert scorer.prepares and not RecordingScorer().prepares
+    with running(scorer, ServeConfig(port=0, max_wait_ms=0)) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        post = lambda t: client.post("/v1/embeddings", json={"input": t})  # noqa: E731
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, "p\nfirst")
+            assert scorer.scoring.wait(10)
+            second = pool.submit(post, "p\nsecond")
+            assert first.result().json()["data"][0]["embedding"] == [-5.0]
+            assert second.result().json()["data"][0]["embedding"] == [-6.0]
+    assert scorer.overlapped  # the second request was tokenized while the first one was on the model
+    assert scorer.prepared_threads == {"thinkrm-prepare_0"} and scorer.threads == {"thinkrm-scorer_0"}
+
+
+def test_a_request_that_fails_to_prepare_fails_alone():
+    scorer = TwoStage()
+    scorer.overlapped = False  # no gate: every call goes straight through
+    texts = ["p\nfine one", "p\nUNTOKENIZABLE", "p\nfine two", "p\nfine three"]
+    with running(scorer, ServeConfig(port=0, max_wait_ms=30)) as url, httpx.Client(base_url=url) as client:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            results = list(pool.map(lambda t: client.post("/v1/embeddings", json={"input": t}), texts))
+        assert queue_depth(client) == 0
+    assert [r.status_code for r in results] == [200, 500, 200, 200]
+    assert "ValueError: cannot tokenize" in results[1].json()["detail"]
+    assert sum(scorer.calls) == 3
+
+
 def test_metrics_are_prometheus_text(server):
     client, _ = server
     client.post("/score", json={"items": [{"prompt": "p", "response": "r"}]})
@@ -450,11 +554,18 @@ def test_hf_model_served_over_sglang_protocol_matches_in_process_scores(tiny_rew
     items = [Item("What is 2+3?", "2 + 3 = 5."), Item("Seconds in 7.8 minutes?", "60 * 7.8 = 468\n\nSo 468.")]
     local = load_scorer(f"hf:{tiny_reward_model}")
     want = local.score(items)
+    texts = [format_input(*it) for it in items]
     with running(f"hf:{tiny_reward_model}", ServeConfig(port=0)) as url:
-        texts = [format_input(*it) for it in items]
         got = httpx.post(f"{url}/v1/embeddings", json={"input": texts}).json()["data"]
     assert [d["embedding"][0] for d in got] == pytest.approx(want, abs=1e-5)
     assert all(math.isfinite(d["embedding"][0]) for d in got)
+    # As on a GPU: requests tokenized ahead of the model (`prepare`), then scored (`score_prepared`).
+    ahead = load_scorer(f"hf:{tiny_reward_model}", prefetch=True)
+    assert ahead.prepares and not local.prepares
+    with running(ahead, ServeConfig(port=0)) as url, httpx.Client(base_url=url) as client:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            got = list(pool.map(lambda t: client.post("/v1/embeddings", json={"input": t}).json(), texts))
+    assert [d["data"][0]["embedding"][0] for d in got] == pytest.approx(want, abs=1e-5)
 
 
 @given(st.text(max_size=40), st.text(max_size=40))

@@ -17,7 +17,9 @@ Feeding an accelerator (what `score` does for a list of items):
 * Items are tokenized a chunk at a time with the fast tokenizer's batch call (Rust, all cores), in a
   background thread that stays at most one chunk ahead of the forward passes, so tokenization overlaps the
   model instead of leaving the GPU idle between batches (`prefetch`; on by default on an accelerator, off
-  on a CPU, where the tokenizer and the model would compete for the same cores).
+  on a CPU, where the tokenizer and the model would compete for the same cores). The same switch makes
+  `prepares` true, so `thinkrm serve` tokenizes requests (`prepare`) while the model scores earlier ones
+  (`score_prepared`).
 * Within a chunk, items are sorted by length (longest first, ties by input position, so the batching is
   deterministic) and cut into batches of at most `batch_size` items and `max_batch_tokens` padded tokens
   (rows x longest row): short items go many to a batch, long ones few, and memory stays bounded.
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .calibration import read_calibration
-from .formatting import DEFAULT_MAX_LENGTH, InputConfig, InputEncoder, Item
+from .formatting import DEFAULT_MAX_LENGTH, Encoded, InputConfig, InputEncoder, Item
 from .scoring import Scorer
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -297,6 +299,19 @@ class HFScorer(Scorer):
         if self.prefetch and len(items) > self.chunk_size:
             chunks = _prefetched(chunks)
         return self._run(chunks, len(items))
+
+    @property
+    def prepares(self) -> bool:
+        # The same switch as the prefetching in `score`: on a CPU the tokenizer would take the model's cores.
+        return self.prefetch
+
+    def prepare(self, items: Sequence[Item | tuple[str, str]]) -> list[Encoded]:
+        """Token ids of each item (the shared format, truncation policy), for `score_prepared`."""
+        return self.encoder.encode_batch(items)
+
+    def score_prepared(self, prepared: Sequence[Encoded]) -> list[float]:
+        self.truncated += sum(e.truncated for e in prepared)
+        return self.score_encoded([e.input_ids for e in prepared])
 
     def score_encoded(self, inputs: Sequence[list[int]]) -> list[float]:
         """Scores of already-encoded inputs (e.g. the token ids a model was trained on), in input order."""

@@ -50,6 +50,23 @@ class Scorer(ABC):
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
         """Raw scores, one per item, in order."""
 
+    # Scoring in two stages, `score_prepared(prepare(items)) == score(items)`: the scoring server runs the
+    # first for requests that arrive while the model is busy with earlier ones, so an accelerator never
+    # waits for the tokenizer between batches. A backend with CPU work to do before its model (tokenizing)
+    # overrides both; the default does nothing ahead.
+    def prepare(self, items: Sequence[Item | tuple[str, str]]) -> list[Any]:
+        """The work that needs no model, one entry per item, in order (here: the items themselves)."""
+        return list(items)
+
+    def score_prepared(self, prepared: Sequence[Any]) -> list[float]:
+        """Raw scores of what `prepare` returned (any concatenation of its results), in order."""
+        return self.score(prepared)
+
+    @property
+    def prepares(self) -> bool:
+        """Whether `prepare` does work worth running ahead of the model (in its own thread, beside it)."""
+        return type(self).prepare is not Scorer.prepare
+
     def close(self) -> None:
         """Release connections or memory; scorers are also context managers."""
 

@@ -75,8 +75,10 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None) -> Guard
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(scorer.score, metrics, max_batch_size=config.max_batch_size,
-                               max_wait_ms=config.max_wait_ms, max_queue_items=config.score_queue_items)
+        ahead = scorer.prepares
+        batcher = MicroBatcher(scorer.score_prepared if ahead else scorer.score, metrics,
+                               max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                               max_queue_items=config.score_queue_items, prepare=scorer.prepare if ahead else None)
         batcher.start()
         work["score"] = batcher
         # Verification waits on worker processes (math) or remote servers (llm), so threads suffice; the

@@ -1,8 +1,11 @@
-"""Dynamic micro-batching: requests that arrive together share one `Scorer.score` call.
+"""Dynamic micro-batching: requests that arrive together share one scorer call, and the model never waits.
 
 This is where the server's throughput under concurrency comes from (RL rollouts fire hundreds of small
-requests at once, and a model answers a merged batch in roughly the time of one). It owns the one worker
-thread that scoring runs in, the bound on items waiting for it (`--score-queue-items`), and the heap
+requests at once, and a model answers a merged batch in roughly the time of one). Scoring runs as a
+two-stage pipeline: the scorer's `prepare` (tokenizing, on the CPU) for requests that arrive while the
+model is busy, then `score_prepared` on whatever is ready the moment the model is free. Without the first
+stage an accelerator idles while each merged batch is tokenized (issue 17's H200: the tokenizer took most of
+each call). It owns the worker threads, the bound on items waiting (`--score-queue-items`), and the heap
 trimming that keeps a model scorer's memory flat under mixed batch shapes.
 """
 
@@ -26,48 +29,68 @@ from .metrics import Metrics
 class _Pending:
     items: list[Item]
     future: asyncio.Future
+    arrived: float  # event-loop time
+    prepared: list[Any] | None = None
 
 
 class MicroBatcher:
-    """Merges concurrently submitted requests into single `Scorer.score` calls.
+    """Merges concurrently submitted requests into single scorer calls, and prepares them ahead of the model.
 
-    The first request of a batch waits at most `max_wait_ms` for others; a batch is closed as soon as it
-    holds `max_batch_size` items (a single larger request is scored alone, whole). While one batch is being
-    scored, new requests queue up, so under load batches fill without any waiting. All scoring happens in
-    one worker thread: models are not thread-safe, and the event loop must stay free to accept requests.
-    If a merged call fails, its requests are retried in halves down to single requests, so one poisonous
-    input fails only its sender. Text the scorer may choke on (lone surrogates, NUL) is refused before it
-    gets here, so in practice a failure is the model's, not a client's.
+    Two stages, each in its own worker thread, each taking everything that waits for it (up to
+    `max_batch_size` items; a single larger request goes alone, whole):
+
+    * `prepare` (optional: `None` for scorers with nothing to do before the model) turns requests into what
+      the model stage takes, while the model works on earlier ones;
+    * `score` (the model, e.g. `Scorer.score_prepared`) scores one merged batch at a time.
+
+    A request that finds the model idle waits at most `max_wait_ms` from its arrival for others to share its
+    call; requests that queued while the model was busy are older than that and go at once, so under load
+    batches fill without any waiting and the model runs back to back. Models are not thread-safe, so all
+    scoring happens in one thread, and the event loop stays free to accept requests. If a merged call fails
+    (in either stage) its requests are retried in halves down to single requests, so one poisonous input
+    fails only its sender. Text the scorer may choke on (lone surrogates, NUL) is refused before it gets
+    here, so in practice a failure is the model's, not a client's.
     """
 
-    def __init__(self, score: Callable[[list[Item]], list[float]], metrics: Metrics, *, max_batch_size: int,
-                 max_wait_ms: float, max_queue_items: int = 16_384):
+    def __init__(self, score: Callable[[list[Any]], list[float]], metrics: Metrics, *, max_batch_size: int,
+                 max_wait_ms: float, max_queue_items: int = 16_384,
+                 prepare: Callable[[list[Item]], list[Any]] | None = None):
         self._score = score
+        self._prepare = prepare
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_items = max_queue_items
         self._trim = _HeapTrimmer()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="thinkrm-scorer")
-        self._queue: deque[_Pending] = deque()
+        self._prep_executor = ThreadPoolExecutor(1, thread_name_prefix="thinkrm-prepare") if prepare else None
+        self._arrivals: deque[_Pending] = deque()  # waiting for `prepare`
+        self._ready: deque[_Pending] = deque()  # waiting for the model
         self._arrived = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._readied = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._model_free_since = -math.inf
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._score_loop())]
+        if self._prepare is not None:
+            self._tasks.append(loop.create_task(self._prepare_loop()))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(ScoringError("server stopped before this request was scored"))
-        self._queue.clear()
+        for pending in (*self._arrivals, *self._ready):
+            _settle(pending.future, exc=ScoringError("server stopped before this request was scored"))
+        self._arrivals.clear()
+        self._ready.clear()
         self.executor.shutdown(wait=True)
+        if self._prep_executor is not None:
+            self._prep_executor.shutdown(wait=True)
 
     async def score(self, items: list[Item]) -> list[float]:
         if not items:
@@ -79,46 +102,90 @@ class MicroBatcher:
             raise RequestProblem(503, f"the scorer's queue is full ({self._metrics.queue_depth} items "
                                       f"waiting, limit {self.max_queue_items}, --score-queue-items): "
                                       "retry later", retry_after=1)
-        pending = _Pending(items, asyncio.get_running_loop().create_future())
-        self._queue.append(pending)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(items, loop.create_future(), loop.time())
         self._metrics.queue_depth += len(items)
-        self._arrived.set()
+        if self._prepare is None:
+            pending.prepared = items
+            self._ready.append(pending)
+            self._readied.set()
+        else:
+            self._arrivals.append(pending)
+            self._arrived.set()
         return await pending.future
 
-    def _queued_items(self) -> int:
-        return sum(len(p.items) for p in self._queue)
+    def _take(self, queue: deque[_Pending]) -> list[_Pending]:
+        """The requests at the head of `queue` that fit one call; requests whose caller left are dropped."""
+        taken: list[_Pending] = []
+        size = 0
+        while queue and (not taken or size + len(queue[0].items) <= self.max_batch_size):
+            pending = queue.popleft()
+            if pending.future.done():  # its caller went away (cancelled): do not work on it
+                self._metrics.queue_depth -= len(pending.items)
+                continue
+            taken.append(pending)
+            size += len(pending.items)
+        return taken
 
-    async def _run(self) -> None:
+    async def _prepare_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._arrived.wait()
             self._arrived.clear()
-            if not self._queue:
-                continue
-            deadline = loop.time() + self.max_wait
-            while self._queued_items() < self.max_batch_size and (left := deadline - loop.time()) > 0:
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
-                    break
-                self._arrived.clear()
-            batch: list[_Pending] = []
-            size = 0
-            while self._queue and (not batch or size + len(self._queue[0].items) <= self.max_batch_size):
-                pending = self._queue.popleft()
-                self._metrics.queue_depth -= len(pending.items)
-                if not pending.future.done():  # its caller went away (cancelled): do not score it
-                    batch.append(pending)
-                    size += len(pending.items)
-            if batch:
-                await self._score_batch(loop, batch)
-            if self._queue:
-                self._arrived.set()
+            while group := self._take(self._arrivals):
+                await self._prepare_group(loop, group)
+
+    async def _prepare_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
+        items = [it for p in group for it in p.items]
+        try:
+            prepared = await loop.run_in_executor(self._prep_executor, self._checked_prepare, items)
+        except Exception as e:
+            self._metrics.scorer_errors += 1
+            if len(group) == 1:
+                self._metrics.queue_depth -= len(group[0].items)
+                _settle(group[0].future, exc=e)
+                return
+            half = len(group) // 2
+            await self._prepare_group(loop, group[:half])
+            await self._prepare_group(loop, group[half:])
+            return
+        start = 0
+        for pending in group:
+            pending.prepared = prepared[start:start + len(pending.items)]
+            start += len(pending.items)
+            self._ready.append(pending)
+        self._readied.set()
+
+    def _ready_items(self) -> int:
+        return sum(len(p.items) for p in self._ready)
+
+    async def _score_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._readied.wait()
+            self._readied.clear()
+            while self._ready:
+                # Only a request that found the model idle waits for company (from its arrival); one that
+                # queued while the model was busy has had its company already, and the model goes on at once.
+                oldest = self._ready[0].arrived
+                deadline = oldest + self.max_wait if oldest >= self._model_free_since else oldest
+                while self._ready_items() < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                    try:
+                        await asyncio.wait_for(self._readied.wait(), left)
+                    except TimeoutError:
+                        break
+                    self._readied.clear()
+                batch = self._take(self._ready)
+                for pending in batch:
+                    self._metrics.queue_depth -= len(pending.items)
+                if batch:
+                    await self._score_batch(loop, batch)
+                    self._model_free_since = loop.time()
 
     async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        items = [it for p in batch for it in p.items]
+        prepared = [x for p in batch for x in p.prepared]
         try:
-            scores = await loop.run_in_executor(self.executor, self._checked_score, items)
+            scores = await loop.run_in_executor(self.executor, self._checked_score, prepared)
         except Exception as e:
             self._metrics.scorer_errors += 1
             if len(batch) == 1:
@@ -130,22 +197,31 @@ class MicroBatcher:
             await self._score_batch(loop, batch[:half])
             await self._score_batch(loop, batch[half:])
             return
-        self._metrics.batch_sizes.observe(len(items))
-        self._metrics.items_scored += len(items)
+        self._metrics.batch_sizes.observe(len(prepared))
+        self._metrics.items_scored += len(prepared)
         start = 0
         for pending in batch:
             _settle(pending.future, result=scores[start:start + len(pending.items)])
             start += len(pending.items)
 
-    def _checked_score(self, items: list[Item]) -> list[float]:
+    def _checked_prepare(self, items: list[Item]) -> list[Any]:
         try:
-            scores = [float(s) for s in self._score(items)]
+            prepared = list(self._prepare(items))
+        except Exception as e:
+            raise ScoringError(f"scorer failed: {type(e).__name__}: {e}") from e
+        if len(prepared) != len(items):
+            raise ScoringError(f"scorer prepared {len(prepared)} inputs for {len(items)} items")
+        return prepared
+
+    def _checked_score(self, prepared: list[Any]) -> list[float]:
+        try:
+            scores = [float(s) for s in self._score(prepared)]
         except Exception as e:
             raise ScoringError(f"scorer failed: {type(e).__name__}: {e}") from e
         finally:
             self._trim.maybe()
-        if len(scores) != len(items):
-            raise ScoringError(f"scorer returned {len(scores)} scores for {len(items)} items")
+        if len(scores) != len(prepared):
+            raise ScoringError(f"scorer returned {len(scores)} scores for {len(prepared)} items")
         bad = next((i for i, s in enumerate(scores) if not math.isfinite(s)), None)
         if bad is not None:
             raise ScoringError(f"scorer returned a non-finite score ({scores[bad]}) for an item")
