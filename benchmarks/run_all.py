@@ -22,6 +22,7 @@ BENCHMARKS = [
     ("bench_hf_scorer.py", False, []),
     ("bench_train.py", False, []),
     ("bench_serve.py", False, []),
+    ("bench_device_sim.py", False, ["--rounds", "1"]),
     ("bench_reliability.py", False, []),
     ("bench_llm_structure.py", True, []),
     ("bench_lite.py", True, []),
