@@ -4,12 +4,14 @@ device.
 On a GPU the forward pass runs on the device while the CPU is free, and tokenization (CPU) can overlap it;
 on a CPU both compete for the same cores, so a CPU run cannot show the overlap. Here the model's forward is
 replaced by a sleep as long as the batch's padded tokens would keep a device busy (`--device-ratio` times
-this machine's measured tokenization time per token, default 1: device and tokenizer equally fast, where
-overlap matters most), while tokenization, batching, the HTTP server and its client are all real. Printed,
-side by side in one run (best of `--rounds`):
+this machine's measured time per token of one tokenizer batch call, default 1: device and tokenizer equally
+fast, where overlap matters most; under `TOKENIZERS_PARALLELISM=false` a batch call is one core), while
+tokenization, batching, the HTTP server and its client are all real. Printed, side by side in one run (best
+of `--rounds`):
 
 1. the naive loop a script would write (tokenize a batch, run it, in order) against `load_scorer("hf:DIR")`
-   with its prefetching tokenizer thread (`prefetch=True`, the accelerator default);
+   with its prefetching tokenizer thread (`prefetch=True`) and chunks split among `tokenizer_threads`
+   (the accelerator defaults), and with one tokenizer thread;
 2. `thinkrm serve` (a subprocess, 64 client connections, one item per request) with requests tokenized
    ahead of the model (`Scorer.prepares`, the accelerator default) and without, against the scorer's own
    items/s (issue 17's target on a GPU: the server at >= 90% of the scorer).
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_serve import free_port, load, wait_until_healthy  # noqa: E402
 from gpu_check import SMALL, build_model, make_items  # noqa: E402
 
-from thinkrm.hf_scorer import HFScorer  # noqa: E402
+from thinkrm.hf_scorer import HFScorer, default_tokenizer_threads  # noqa: E402
 
 
 class StandInDevice(HFScorer):
@@ -45,6 +47,7 @@ class StandInDevice(HFScorer):
     device kernel does) and returns zeros: everything before and around the device stays real."""
 
     def __init__(self, arg: str, *, seconds_per_token: float, **options):
+        options.setdefault("tokenizer_threads", default_tokenizer_threads("accelerator"))
         super().__init__(arg, device="cpu", dtype="float32", **options)
         self.seconds_per_token = seconds_per_token
 
@@ -121,17 +124,21 @@ def main() -> int:
               f"{per_token * 1e6:.2f} us per padded token (ratio {args.device_ratio}) | batch {args.batch_size}")
         scorer = StandInDevice(str(path), seconds_per_token=per_token, batch_size=args.batch_size,
                                prefetch=True, chunk_size=4 * args.batch_size)
-        rates: dict[str, list[float]] = {"naive": [], "scorer": [], "serve": [], "serve, no prepare": []}
+        one_thread = StandInDevice(str(path), seconds_per_token=per_token, batch_size=args.batch_size,
+                                   prefetch=True, chunk_size=4 * args.batch_size, tokenizer_threads=1)
+        rates: dict[str, list[float]] = {"naive": [], "scorer": [], "scorer, 1 tokenizer thread": [],
+                                         "serve": [], "serve, no prepare": []}
         for _ in range(args.rounds):
             rates["naive"].append(naive_rate(scorer, items, args.batch_size))
-            start = time.perf_counter()
-            scorer.score(items)
-            rates["scorer"].append(len(items) / (time.perf_counter() - start))
+            for name, s in (("scorer", scorer), ("scorer, 1 tokenizer thread", one_thread)):
+                start = time.perf_counter()
+                s.score(items)
+                rates[name].append(len(items) / (time.perf_counter() - start))
             rates["serve"].append(serve_rate(path, items, per_token, args.batch_size, ahead=True))
             rates["serve, no prepare"].append(serve_rate(path, items, per_token, args.batch_size, ahead=False))
         best = {k: max(v) for k, v in rates.items()}
         for k, v in rates.items():
-            print(f"{k:18s} {best[k]:8.1f} items/s  (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+            print(f"{k:26s} {best[k]:8.1f} items/s  (rounds: {', '.join(f'{x:.1f}' for x in v)})")
         print(f"scorer / naive {best['scorer'] / best['naive']:.2f}x | serve / scorer "
               f"{best['serve'] / best['scorer']:.2f} (target >= 0.9) | without prepare "
               f"{best['serve, no prepare'] / best['scorer']:.2f}")

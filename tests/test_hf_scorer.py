@@ -181,6 +181,14 @@ def test_chunks_token_budget_and_prefetch_keep_input_order(tiny_reward_model):
     got = scorer.score(items)
     assert got == pytest.approx(ref, abs=1e-5)
     assert scorer.score(items) == got
+    # Chunks split among tokenizer threads: the same token ids, so the same scores, in input order.
+    threaded = load_scorer(f"hf:{tiny_reward_model}", batch_size=16, max_batch_tokens=200, chunk_size=9,
+                           prefetch=True, tokenizer_threads=3, **CPU)
+    assert threaded.prepare(items) == scorer.prepare(items)
+    assert threaded.score(items) == pytest.approx(got, abs=1e-6)  # other chunks, other batches
+    threaded.close()
+    with pytest.raises(ValueError, match="tokenizer_threads"):
+        load_scorer(f"hf:{tiny_reward_model}", tokenizer_threads=0)
     assert scorer.score([]) == [] and scorer.score_encoded([]) == []
 
 

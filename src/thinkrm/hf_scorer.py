@@ -14,10 +14,14 @@ details decide whether scores are right, and all three are handled here rather t
 
 Feeding an accelerator (what `score` does for a list of items):
 
-* Items are tokenized a chunk at a time with the fast tokenizer's batch call (Rust, all cores), in a
-  background thread that stays at most one chunk ahead of the forward passes, so tokenization overlaps the
-  model instead of leaving the GPU idle between batches (`prefetch`; on by default on an accelerator, off
-  on a CPU, where the tokenizer and the model would compete for the same cores). The same switch makes
+* Items are tokenized a chunk at a time with the fast tokenizer's batch call, in a background thread that
+  stays at most one chunk ahead of the forward passes, so tokenization overlaps the model instead of leaving
+  the GPU idle between batches (`prefetch`; on by default on an accelerator, off on a CPU, where the
+  tokenizer and the model would compete for the same cores).
+* A chunk is split among `tokenizer_threads` threads (default on an accelerator: up to 8, one per core).
+  The batch call releases the GIL, and the Rust tokenizer's own parallelism is off wherever
+  `TOKENIZERS_PARALLELISM=false` is set (training scripts and servers often set it to silence the fork
+  warning) or after a fork: then one batch call is one core, however many the machine has. The same switch makes
   `prepares` true, so `thinkrm serve` tokenizes requests (`prepare`) while the model scores earlier ones
   (`score_prepared`).
 * Within a chunk, items are sorted by length (longest first, ties by input position, so the batching is
@@ -36,9 +40,11 @@ Scores are returned in input order. A local checkpoint's calibration (the sideca
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +62,13 @@ DEFAULT_BATCH_SIZE = {"cpu": 8, "accelerator": 64}
 # On a CPU the tokenizer and the forward pass share the same cores, so there is nothing to overlap: no
 # background thread by default, and large chunks for the best length sorting.
 DEFAULT_CHUNK_ITEMS = {"cpu": 1024, "accelerator": 128}
+# Threads a chunk's tokenization is split among: on a CPU the model needs the cores; on an accelerator up to 8
+# (each a batch call over a slice; more slices than that cost more in Python than they win).
+MAX_TOKENIZER_THREADS = 8
+
+
+def default_tokenizer_threads(kind: str) -> int:
+    return 1 if kind == "cpu" else max(1, min(MAX_TOKENIZER_THREADS, os.cpu_count() or 1))
 
 
 def pick_device(device: str = "auto") -> str:
@@ -121,7 +134,7 @@ class HFScorer(Scorer):
     def __init__(self, arg: str, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
                  max_length: int | None = None, input_format: str | None = None,
                  max_batch_tokens: int | None = None, chunk_size: int | None = None,
-                 prefetch: bool | None = None, **_: Any):
+                 prefetch: bool | None = None, tokenizer_threads: int | None = None, **_: Any):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -142,6 +155,10 @@ class HFScorer(Scorer):
         self.max_batch_tokens = max_batch_tokens
         self.chunk_size = chunk_size
         self.prefetch = kind == "accelerator" if prefetch is None else prefetch
+        self.tokenizer_threads = default_tokenizer_threads(kind) if tokenizer_threads is None else tokenizer_threads
+        if self.tokenizer_threads < 1:
+            raise ValueError(f"tokenizer_threads must be >= 1, got {tokenizer_threads}")
+        self._tokenizer_pool: ThreadPoolExecutor | None = None
         self._pin = self.device.startswith("cuda")
         local = Path(arg).expanduser()
         if arg.startswith(("/", ".", "~")) and not local.is_dir():
@@ -290,7 +307,7 @@ class HFScorer(Scorer):
 
     def _encoded_chunks(self, items: Sequence[Item | tuple[str, str]]) -> Iterator[_Chunk]:
         for start in range(0, len(items), self.chunk_size):
-            encoded = self.encoder.encode_batch(items[start:start + self.chunk_size])
+            encoded = self._encode(items[start:start + self.chunk_size])
             yield self._plan([e.input_ids for e in encoded], start, sum(e.truncated for e in encoded))
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
@@ -307,7 +324,22 @@ class HFScorer(Scorer):
 
     def prepare(self, items: Sequence[Item | tuple[str, str]]) -> list[Encoded]:
         """Token ids of each item (the shared format, truncation policy), for `score_prepared`."""
-        return self.encoder.encode_batch(items)
+        return self._encode(items)
+
+    def _encode(self, items: Sequence[Item | tuple[str, str]]) -> list[Encoded]:
+        """`encoder.encode_batch(items)`, split among the tokenizer threads when there are enough items."""
+        threads = min(self.tokenizer_threads, len(items) // 2)  # at least 2 items a slice
+        if threads <= 1:
+            return self.encoder.encode_batch(items)
+        if self._tokenizer_pool is None:
+            # The tokenizer's truncation and padding are settled (the first call resets them), so the threads
+            # only read that state: a write during a concurrent call fails with "Already borrowed".
+            self.encoder.encode_batch(items[:1])
+            self._tokenizer_pool = ThreadPoolExecutor(self.tokenizer_threads, "thinkrm-hf-tokenize")
+        step = -(-len(items) // threads)
+        parts = self._tokenizer_pool.map(self.encoder.encode_batch,
+                                         [items[i:i + step] for i in range(0, len(items), step)])
+        return [e for part in parts for e in part]
 
     def score_prepared(self, prepared: Sequence[Encoded]) -> list[float]:
         self.truncated += sum(e.truncated for e in prepared)
@@ -320,6 +352,9 @@ class HFScorer(Scorer):
         return self._run(chunks, len(inputs))
 
     def close(self) -> None:
+        if self._tokenizer_pool is not None:
+            self._tokenizer_pool.shutdown(wait=True)
+            self._tokenizer_pool = None
         self.model = None
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
@@ -357,7 +392,7 @@ def _prefetched(chunks: Iterator[_Chunk], depth: int = 1) -> Iterator[_Chunk]:
             return
         put(_DONE)
 
-    thread = threading.Thread(target=produce, name="thinkrm-hf-tokenize", daemon=True)
+    thread = threading.Thread(target=produce, name="thinkrm-hf-prefetch", daemon=True)
     thread.start()
     try:
         while True:
