@@ -24,6 +24,7 @@ Feeding an accelerator (what `score` does for a list of items):
   warning) or after a fork: then one batch call is one core, however many the machine has. The same switch makes
   `prepares` true, so `thinkrm serve` tokenizes requests (`prepare`) while the model scores earlier ones
   (`score_prepared`).
+* The first chunk is one batch's worth of items, so the device starts after one batch is tokenized.
 * Within a chunk, items are sorted by length (longest first, ties by input position, so the batching is
   deterministic) and cut into batches of at most `batch_size` items and `max_batch_tokens` padded tokens
   (rows x longest row): short items go many to a batch, long ones few, and memory stays bounded.
@@ -305,17 +306,19 @@ class HFScorer(Scorer):
             self.truncated += chunk.truncated
         return scores
 
-    def _encoded_chunks(self, items: Sequence[Item | tuple[str, str]]) -> Iterator[_Chunk]:
-        for start in range(0, len(items), self.chunk_size):
-            encoded = self._encode(items[start:start + self.chunk_size])
+    def _encoded_chunks(self, items: Sequence[Item | tuple[str, str]], first: int) -> Iterator[_Chunk]:
+        bounds = [0, *range(first, len(items), self.chunk_size), len(items)]
+        for start, end in zip(bounds, bounds[1:]):
+            encoded = self._encode(items[start:end])
             yield self._plan([e.input_ids for e in encoded], start, sum(e.truncated for e in encoded))
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
         items = list(items)
-        chunks = self._encoded_chunks(items)
-        if self.prefetch and len(items) > self.chunk_size:
-            chunks = _prefetched(chunks)
-        return self._run(chunks, len(items))
+        if not (self.prefetch and len(items) > self.chunk_size):
+            return self._run(self._encoded_chunks(items, self.chunk_size), len(items))
+        # The device waits for the first chunk's tokens whatever happens: one batch's worth, not a chunk's.
+        first = min(self.batch_size, self.chunk_size)
+        return self._run(_prefetched(self._encoded_chunks(items, first)), len(items))
 
     @property
     def prepares(self) -> bool:
