@@ -175,8 +175,10 @@ class HFScorer(Scorer):
                 raise ValueError(f"hf:{arg} has {config.num_labels} labels; a reward model has exactly one "
                                  "(a scalar head)")
             self.tokenizer = AutoTokenizer.from_pretrained(arg)
+            # Straight onto the device: an 8B checkpoint loaded on the host first costs its size in host
+            # memory and a second copy at start-up.
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                arg, config=config, dtype=_pick_dtype(dtype, self.device))
+                arg, config=config, dtype=_pick_dtype(dtype, self.device), device_map=self.device)
         except OSError as e:
             raise ValueError(f"cannot load hf:{arg}: {str(e).splitlines()[0]}") from None
         self.model.to(self.device).eval()
