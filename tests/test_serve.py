@@ -523,6 +523,36 @@ def test_a_request_that_fails_to_prepare_fails_alone():
     assert sum(scorer.calls) == 3
 
 
+def test_stopping_the_batcher_answers_the_requests_it_was_working_on():
+    """A request a stage had already taken (here: stuck in the tokenizer) when the server stopped gets an
+    error, instead of its caller waiting forever."""
+    import asyncio
+
+    from thinkrm.serving.batcher import MicroBatcher
+    from thinkrm.serving.errors import ScoringError
+    from thinkrm.serving.metrics import Metrics
+
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck_prepare(items):
+        entered.set()
+        release.wait(10)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(lambda xs: [0.0] * len(xs), Metrics(8), max_batch_size=8, max_wait_ms=0,
+                               prepare=stuck_prepare)
+        batcher.start()
+        request = asyncio.create_task(batcher.score([Item("p", "r")]))
+        assert await asyncio.to_thread(entered.wait, 5)
+        threading.Timer(0.3, release.set).start()  # stop() waits for the worker thread to finish its call
+        await batcher.stop()
+        with pytest.raises(ScoringError, match="server stopped"):
+            await asyncio.wait_for(request, 5)
+
+    asyncio.run(main())
+
+
 def test_metrics_are_prometheus_text(server):
     client, _ = server
     client.post("/score", json={"items": [{"prompt": "p", "response": "r"}]})

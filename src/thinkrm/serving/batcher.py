@@ -25,7 +25,7 @@ from .errors import RequestProblem, ScoringError
 from .metrics import Metrics
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     items: list[Item]
     future: asyncio.Future
@@ -66,6 +66,7 @@ class MicroBatcher:
         self._prep_executor = ThreadPoolExecutor(1, thread_name_prefix="thinkrm-prepare") if prepare else None
         self._arrivals: deque[_Pending] = deque()  # waiting for `prepare`
         self._ready: deque[_Pending] = deque()  # waiting for the model
+        self._open: set[_Pending] = set()  # every request not answered yet, wherever it is
         self._arrived = asyncio.Event()
         self._readied = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -84,7 +85,8 @@ class MicroBatcher:
                 await task
             except asyncio.CancelledError:
                 pass
-        for pending in (*self._arrivals, *self._ready):
+        # Also those a stage had taken when it was cancelled: their callers must not wait forever.
+        for pending in self._open:
             _settle(pending.future, exc=ScoringError("server stopped before this request was scored"))
         self._arrivals.clear()
         self._ready.clear()
@@ -112,7 +114,11 @@ class MicroBatcher:
         else:
             self._arrivals.append(pending)
             self._arrived.set()
-        return await pending.future
+        self._open.add(pending)
+        try:
+            return await pending.future
+        finally:
+            self._open.discard(pending)
 
     def _take(self, queue: deque[_Pending]) -> list[_Pending]:
         """The requests at the head of `queue` that fit one call; requests whose caller left are dropped."""
