@@ -245,9 +245,9 @@ def main() -> int:
             rate, errors, startup = serve_rate(path, items[:cfg["requests"]], args)
             print(f"[serve] {rate:.1f} items/s with 64 clients, one item per request, {errors} errors "
                   f"| scorer in-process {sr:.1f} items/s | ratio {rate / sr:.2f}")
-            load = load_seconds(path, device, dtype_name)
+            load_s = load_seconds(path, device, dtype_name)
             print(f"[startup] serve to /health {startup:.1f} s | fresh process: load + score one item "
-                  f"{load:.1f} s | ratio {startup / load:.2f}")
+                  f"{load_s:.1f} s | ratio {startup / load_s:.2f}")
 
     if not args.no_tests:
         env = dict(os.environ, HF_HUB_OFFLINE="1")

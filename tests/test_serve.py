@@ -511,16 +511,70 @@ def test_requests_are_prepared_while_the_model_scores_earlier_ones():
 
 
 def test_a_request_that_fails_to_prepare_fails_alone():
+    """The failing input is prepared together with two good ones (held back until all have queued): the merged
+    call fails, is retried in halves, and only the failing request gets the error."""
     scorer = TwoStage()
-    scorer.overlapped = False  # no gate: every call goes straight through
+    scorer.overlapped = False  # the model stage is not held
+    entered, gate, sizes = threading.Event(), threading.Event(), []
+    prepare = scorer.prepare
+
+    def held_prepare(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            entered.set()
+            gate.wait(10)
+        return prepare(items)
+
+    scorer.prepare = held_prepare
     texts = ["p\nfine one", "p\nUNTOKENIZABLE", "p\nfine two", "p\nfine three"]
-    with running(scorer, ServeConfig(port=0, max_wait_ms=30)) as url, httpx.Client(base_url=url) as client:
+    with running(scorer, ServeConfig(port=0, max_wait_ms=0)) as url, httpx.Client(base_url=url) as client:
+        post = lambda t: client.post("/v1/embeddings", json={"input": t})  # noqa: E731
         with ThreadPoolExecutor(len(texts)) as pool:
-            results = list(pool.map(lambda t: client.post("/v1/embeddings", json={"input": t}), texts))
+            first = pool.submit(post, texts[0])
+            assert entered.wait(10)
+            rest = [pool.submit(post, t) for t in texts[1:]]
+            wait_for(lambda: queue_depth(client) == 4)
+            gate.set()
+            results = [first.result(), *(f.result() for f in rest)]
         assert queue_depth(client) == 0
     assert [r.status_code for r in results] == [200, 500, 200, 200]
     assert "ValueError: cannot tokenize" in results[1].json()["detail"]
+    assert sizes[:2] == [1, 3]  # the three waiting requests were prepared in one call, which failed
     assert sum(scorer.calls) == 3
+
+
+def test_the_prepare_stage_runs_at_most_two_batches_ahead_of_the_model():
+    """A backlog stays text until the model is near: token ids of a whole queue would cost memory."""
+    import asyncio
+
+    from thinkrm.serving.batcher import MicroBatcher
+    from thinkrm.serving.metrics import Metrics
+
+    gate, prepared = threading.Event(), []
+
+    def prepare(items):
+        prepared.extend(items)
+        return items
+
+    def score(items):
+        gate.wait(10)
+        return [0.0] * len(items)
+
+    async def main():
+        batcher = MicroBatcher(score, Metrics(2), max_batch_size=2, max_wait_ms=0, prepare=prepare)
+        batcher.start()
+        requests = [asyncio.create_task(batcher.score([Item("p", str(i))])) for i in range(12)]
+        await asyncio.sleep(0.3)  # ample time to prepare all twelve, were it allowed
+        ahead = len(prepared)
+        gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(*requests), 10)
+        await batcher.stop()
+        return ahead, answers
+
+    ahead, answers = asyncio.run(main())
+    # The model holds one batch (2 items); at most 2 batches wait prepared, plus one group that overshoots.
+    assert ahead <= 2 + 2 * 2 + 1, ahead
+    assert answers == [[0.0]] * 12 and len(prepared) == 12
 
 
 def test_stopping_the_batcher_answers_the_requests_it_was_working_on():

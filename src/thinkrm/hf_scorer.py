@@ -160,6 +160,7 @@ class HFScorer(Scorer):
         if self.tokenizer_threads < 1:
             raise ValueError(f"tokenizer_threads must be >= 1, got {tokenizer_threads}")
         self._tokenizer_pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._pin = self.device.startswith("cuda")
         local = Path(arg).expanduser()
         if arg.startswith(("/", ".", "~")) and not local.is_dir():
@@ -336,19 +337,22 @@ class HFScorer(Scorer):
         threads = min(self.tokenizer_threads, len(items) // 2)  # at least 2 items a slice
         if threads <= 1:
             return self.encoder.encode_batch(items)
-        if self._tokenizer_pool is None:
+        if self._tokenizer_pool is None or self._pool_pid != os.getpid():
             # The tokenizer's truncation and padding are settled (the first call resets them), so the threads
             # only read that state: a write during a concurrent call fails with "Already borrowed".
             self.encoder.encode_batch(items[:1])
+            # A forked child inherits the pool without its threads, and would wait on it forever.
             self._tokenizer_pool = ThreadPoolExecutor(self.tokenizer_threads, "thinkrm-hf-tokenize")
+            self._pool_pid = os.getpid()
         step = -(-len(items) // threads)
         parts = self._tokenizer_pool.map(self.encoder.encode_batch,
                                          [items[i:i + step] for i in range(0, len(items), step)])
         return [e for part in parts for e in part]
 
     def score_prepared(self, prepared: Sequence[Encoded]) -> list[float]:
-        self.truncated += sum(e.truncated for e in prepared)
-        return self.score_encoded([e.input_ids for e in prepared])
+        scores = self.score_encoded([e.input_ids for e in prepared])
+        self.truncated += sum(e.truncated for e in prepared)  # once scored: a failed call is retried
+        return scores
 
     def score_encoded(self, inputs: Sequence[list[int]]) -> list[float]:
         """Scores of already-encoded inputs (e.g. the token ids a model was trained on), in input order."""

@@ -75,7 +75,7 @@ def create_app(scorer: Scorer | str, config: ServeConfig | None = None) -> Guard
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ahead = scorer.prepares
+        ahead = getattr(scorer, "prepares", False)  # a duck-typed scorer with only `score` scores in one stage
         batcher = MicroBatcher(scorer.score_prepared if ahead else scorer.score, metrics,
                                max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                                max_queue_items=config.score_queue_items, prepare=scorer.prepare if ahead else None)

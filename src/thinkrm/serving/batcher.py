@@ -40,7 +40,7 @@ class MicroBatcher:
     `max_batch_size` items; a single larger request goes alone, whole):
 
     * `prepare` (optional: `None` for scorers with nothing to do before the model) turns requests into what
-      the model stage takes, while the model works on earlier ones;
+      the model stage takes, while the model works on earlier ones, at most two batches ahead of it;
     * `score` (the model, e.g. `Scorer.score_prepared`) scores one merged batch at a time.
 
     A request that finds the model idle waits at most `max_wait_ms` from its arrival for others to share its
@@ -69,6 +69,7 @@ class MicroBatcher:
         self._open: set[_Pending] = set()  # every request not answered yet, wherever it is
         self._arrived = asyncio.Event()
         self._readied = asyncio.Event()
+        self._room = asyncio.Event()  # the model took prepared requests: the prepare stage may go on
         self._tasks: list[asyncio.Task] = []
         self._model_free_since = -math.inf
 
@@ -90,9 +91,11 @@ class MicroBatcher:
             _settle(pending.future, exc=ScoringError("server stopped before this request was scored"))
         self._arrivals.clear()
         self._ready.clear()
-        self.executor.shutdown(wait=True)
+        self._metrics.queue_depth = 0
+        # Off the loop: a model call in progress finishes first, and other apps' requests keep being served.
+        await asyncio.to_thread(self.executor.shutdown, wait=True)
         if self._prep_executor is not None:
-            self._prep_executor.shutdown(wait=True)
+            await asyncio.to_thread(self._prep_executor.shutdown, wait=True)
 
     async def score(self, items: list[Item]) -> list[float]:
         if not items:
@@ -138,8 +141,14 @@ class MicroBatcher:
         while True:
             await self._arrived.wait()
             self._arrived.clear()
-            while group := self._take(self._arrivals):
-                await self._prepare_group(loop, group)
+            while self._arrivals:
+                # At most two batches prepared ahead of the model: a backlog's token ids would cost host memory
+                # (Python ints, ~9x the text) and tokenizer time on requests whose clients may leave.
+                while self._ready_items() >= 2 * self.max_batch_size:
+                    self._room.clear()
+                    await self._room.wait()
+                if group := self._take(self._arrivals):
+                    await self._prepare_group(loop, group)
 
     async def _prepare_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
         items = [it for p in group for it in p.items]
@@ -182,6 +191,7 @@ class MicroBatcher:
                         break
                     self._readied.clear()
                 batch = self._take(self._ready)
+                self._room.set()
                 for pending in batch:
                     self._metrics.queue_depth -= len(pending.items)
                 if batch:
