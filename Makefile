@@ -26,7 +26,7 @@ LOW_SLOW := tests/test_train.py::test_two_process_launch_trains_once_and_saves_o
 	tests/test_hf_scorer.py::test_checkpoint_without_pad_token_reads_true_last_token \
 	tests/test_hf_scorer.py::test_pad_equal_to_eos_is_not_trusted
 
-.PHONY: venv demo test test-fast test-low bench lite-model browser clean
+.PHONY: venv demo test lint test-fast test-low bench lite-model browser clean
 
 venv: $(STAMP)
 
@@ -56,8 +56,12 @@ $(LOW_STAMP): pyproject.toml constraints.txt constraints-low.txt
 demo: venv
 	$(BIN)/thinkrm analyze examples/traces.jsonl -o out/demo
 
-test: venv
+# Lint first: it takes a second, and the rules are pyproject.toml's, not ruff's defaults of the day.
+test: venv lint
 	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -27,8 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from thinkrm.formatting import Item  # noqa: E402
-from thinkrm.lite import (DEFAULT_DIR, POOLS, PRM_PAIRS, Dataset, Embedder, LiteModel,  # noqa: E402
-                          default_cache_dir, evaluate, results_markdown)
+from thinkrm.lite import (  # noqa: E402
+    DEFAULT_DIR,
+    POOLS,
+    PRM_PAIRS,
+    Dataset,
+    Embedder,
+    LiteModel,
+    default_cache_dir,
+    evaluate,
+    results_markdown,
+)
 from thinkrm.lite.card import SPEED_BEGIN, SPEED_END  # noqa: E402
 
 STEP = ("Then we multiply the two factors, 12 * 7 = 84, and we add the remainder 5 to get 89. "
@@ -110,7 +119,8 @@ def speed_markdown(sp: dict[str, float]) -> str:
             f"threads) while other jobs ran (load average {sp['load_avg']:.1f}): wall clock "
             f"**{sp['traces_per_s_5k']:.1f} traces/s** on 5,000-character traces (target >= 10), "
             f"**{sp['latency_30k_s']:.2f} s** for one 30,000-character trace (target < 1 s), cold load + first "
-            f"score **{sp['load_s']:.2f} s** (median of 3 fresh processes; target < 5 s). CPU time, which does not depend on the other jobs: "
+            f"score **{sp['load_s']:.2f} s** (median of 3 fresh processes; target < 5 s). "
+            "CPU time, which does not depend on the other jobs: "
             f"{sp['cpu_s_per_5k_trace']:.3f} CPU-s per 5,000-character trace (at most "
             f"{sp['threads'] / sp['cpu_s_per_5k_trace']:.1f} traces/s on {sp['threads']} idle cores), "
             f"{sp['cpu_s_30k']:.2f} CPU-s for the 30,000-character trace.")

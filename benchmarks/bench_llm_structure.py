@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from scripted_llm import Reply, ScriptedServer  # noqa: E402
+
 from thinkrm.dag import build_dag  # noqa: E402
 from thinkrm.embed import model_path  # noqa: E402
 from thinkrm.llm import LLMConfig  # noqa: E402

@@ -61,7 +61,8 @@ def speed(scorer_spec: str, traces: list, console) -> None:
         code = ("import json,sys,time,torch; torch.set_num_threads(1); from thinkrm.scoring import load_scorer; "
                 f"s=load_scorer({scorer_spec!r}); it=json.loads(sys.stdin.read()); p,r=it; "
                 "s.score([(p, r[:30000])]); ts=[]\n"
-                "for _ in range(5):\n t=time.perf_counter(); s.score([(p, r[:30000])]); ts.append(time.perf_counter()-t)\n"
+                "for _ in range(5):\n"
+                " t=time.perf_counter(); s.score([(p, r[:30000])]); ts.append(time.perf_counter()-t)\n"
                 "print(sorted(ts)[2])")
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], input=json.dumps(

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from scripted_llm import Reply, ScriptedServer, always, prefers
 from typer.testing import CliRunner
 
-from scripted_llm import Reply, ScriptedServer, always, prefers
 from thinkrm.cli import app
 from thinkrm.io import read_jsonl
 from thinkrm.llm import LLMConfig

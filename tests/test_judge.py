@@ -7,13 +7,12 @@ import json
 import re
 
 import pytest
-
 from scripted_llm import Reply, ScriptedServer, always, prefers, traces_in
+
 from thinkrm.io import InputError, read_jsonl
 from thinkrm.llm import LLMClient, LLMConfig
 from thinkrm.llm import prompts as P
-from thinkrm.llm.judge import (JudgeConfig, PairInput, judge_file, judge_pair, load_judge_pairs,
-                               parse_decision, truncate)
+from thinkrm.llm.judge import JudgeConfig, PairInput, judge_file, judge_pair, load_judge_pairs, parse_decision, truncate
 
 GOOD = ("First, we set up the equation 3x + 5 = 20 for the apples in the basket, GOOD and direct.\n\n"
         "So subtracting five from both sides gives 3x = 15, and x = 5. The answer is 5.")

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from scripted_llm import Reply, ScriptedServer
-from thinkrm.llm import (ContextOverflowError, LLMAuthError, LLMClient, LLMConfig, LLMConnectionError, LLMError,
-                         Usage)
+
+from thinkrm.llm import ContextOverflowError, LLMAuthError, LLMClient, LLMConfig, LLMConnectionError, LLMError, Usage
 
 MSG = [{"role": "user", "content": "What is 2 + 3?"}]
 

@@ -7,13 +7,21 @@ import json
 import re
 
 import pytest
-
 from scripted_llm import Reply, ScriptedServer
+
 from thinkrm.dag import build_dag
 from thinkrm.llm import LLMClient, LLMConfig
 from thinkrm.llm import prompts as P
-from thinkrm.llm.structuring import (BatchLLMStructurer, LLMStructurer, build_dag_async, decide, parse_batch_answer,
-                                   parse_step_answer, summarize_dag, tie_break)
+from thinkrm.llm.structuring import (
+    BatchLLMStructurer,
+    LLMStructurer,
+    build_dag_async,
+    decide,
+    parse_batch_answer,
+    parse_step_answer,
+    summarize_dag,
+    tie_break,
+)
 from thinkrm.structurers import Proposal, StepRef, View
 
 STEPS = [

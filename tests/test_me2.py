@@ -430,7 +430,7 @@ def test_last_answer_line_is_the_last_match_of_the_scan():
              "answer is 3, answer: 4 ,a: 5\na: 6 - 1", "no answer here", "#### 12\n####", "Answer: 1,234.5"]
     for text in texts:
         last = None
-        for last in _ANSWER_LINE.finditer(text):
+        for last in _ANSWER_LINE.finditer(text):  # noqa: B007 - the last match
             pass
         found = _last_answer_line(text, text.lower())
         assert (found and found.span()) == (last and last.span())

@@ -20,7 +20,7 @@ def check_invariants(text: str, steps: list[Step]) -> None:
         assert steps == []
         return
     assert steps[0].start == 0 and steps[-1].end == len(text)
-    for i, (a, b) in enumerate(zip(steps, steps[1:])):
+    for a, b in zip(steps, steps[1:]):
         assert a.end == b.start
     for i, s in enumerate(steps):
         assert s.index == i

@@ -56,7 +56,8 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
 
 
 def test_skip_bad_reports_and_continues(tmp_path):
-    p = write(tmp_path, [{"prompt": "a", "reasoning": "r"}, "{broken", {"prompt": "b"}, {"prompt": "c", "reasoning": "r"}])
+    p = write(tmp_path, [{"prompt": "a", "reasoning": "r"}, "{broken", {"prompt": "b"},
+                         {"prompt": "c", "reasoning": "r"}])
     bad = []
     got = list(load_traces(p, skip_bad=True, on_bad=bad.append))
     assert [t.prompt for t in got] == ["a", "c"]

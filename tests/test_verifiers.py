@@ -8,12 +8,22 @@ import socket
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from scripted_llm import Reply, ScriptedServer
 from test_llm import transformers_server  # noqa: F401  (the `transformers serve` fixture, shared)
-from thinkrm.verifiers import (GENERAL_VERIFIER_PROMPT, VERIFIERS, ChoiceVerifier, LLMVerifier, MathVerifier,
-                               Verifier, choice_correct, load_verifier, parse_decision, parse_options,
-                               student_answer)
+
+from thinkrm.verifiers import (
+    GENERAL_VERIFIER_PROMPT,
+    VERIFIERS,
+    ChoiceVerifier,
+    LLMVerifier,
+    MathVerifier,
+    Verifier,
+    choice_correct,
+    load_verifier,
+    parse_decision,
+    parse_options,
+    student_answer,
+)
 
 LISTED = "What is 3 * 5?\nA. 12\nB. 15\nC. 18\nD. 20"
 INLINE = "What is 3 * 5? Answer Choices: (A) 12 (B) 15 (C) 18 (D) 20\nThink step by step."

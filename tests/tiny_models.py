@@ -37,7 +37,8 @@ def make_tokenizer(pad_token: bool = True):
     tok.train_from_iterator(CORPUS * 4, trainer)
     bos = tok.token_to_id("<s>")
     # Llama-style: BOS prepended by the tokenizer itself, so callers must not add a second one.
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", bos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>" if pad_token else None)
     fast.chat_template = CHAT_TEMPLATE

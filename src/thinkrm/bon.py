@@ -285,7 +285,8 @@ def best_of_n(candidates: Sequence[Candidate | dict[str, Any]], scorer: Any = "l
 
     Candidates without `correct` are verified against `gold` by `verifier` (a spec of
     `thinkrm.verifiers.load_verifier`, "math" by default, or a `Verifier`). With `cache_dir`, scores go to
-    `cache_dir/scores-<scorer>-<hash of the spec>.jsonl` and a rerun scores only what is missing. Returns a JSON-ready dict:
+    `cache_dir/scores-<scorer>-<hash of the spec>.jsonl` and a rerun scores only what is missing. Returns a
+    JSON-ready dict:
     accuracy per strategy and baseline per N, paired differences, and where the time went.
     """
     from .scoring import load_scorer

@@ -484,13 +484,13 @@ def _final_answer(text: str, lowered: str | None = None) -> tuple[float, int] | 
     faster (`_last_answer_line`).
     """
     boxed = None
-    for boxed in _BOXED.finditer(text):
+    for boxed in _BOXED.finditer(text):  # noqa: B007 - the last match, without a list of all
         pass
     if lowered is not None:
         line = _last_answer_line(text, lowered)
     else:
         line = None
-        for line in _ANSWER_LINE.finditer(text):
+        for line in _ANSWER_LINE.finditer(text):  # noqa: B007 - the last match
             pass
     if boxed is not None and (line is None or boxed.start() > line.start()):
         raw = boxed.group(1).strip().strip("$").replace("\\!", "").replace("{,}", ",")

@@ -27,8 +27,8 @@ op                       dimension              what it does
 =======================  =====================  ====================================================
 
 A pair names its operation in `kind` (what `thinkrm eval-pairs` reports accuracy per) and the ME² dimension
-it breaks in `dimension`. Operations are deterministic given `seed` and the trace id; an operation that does not apply to a trace
-(too few steps, no calculation to corrupt) is skipped rather than forced.
+it breaks in `dimension`. Operations are deterministic given `seed` and the trace id; an operation that does
+not apply to a trace (too few steps, no calculation to corrupt) is skipped rather than forced.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def _filler(ctx: _Context, rng: random.Random, _: Sequence[str]) -> Edit | None:
 
 def _visible_results(text: str) -> list[re.Match]:
     """Stated results outside `<<...>>` annotations (a reader, and a grader, sees only those)."""
-    return [m for m in _NUMBER_RESULT.finditer(text) if text.rfind("<<", 0, m.start(2)) <= text.rfind(">>", 0, m.start(2))]
+    return [m for m in _NUMBER_RESULT.finditer(text)
+            if text.rfind("<<", 0, m.start(2)) <= text.rfind(">>", 0, m.start(2))]
 
 
 def _wrong_then_fixed(ctx: _Context, rng: random.Random, _: Sequence[str]) -> Edit | None:

@@ -198,7 +198,7 @@ class WorkerPool:
                             report.errors += 1
                             report.error_messages.append(value)
                     now = time.monotonic()
-                    for i, (item, deadline) in list(busy.items()):
+                    for i, (_, deadline) in list(busy.items()):
                         if now >= deadline:
                             busy.pop(i)
                             self._kill(i)

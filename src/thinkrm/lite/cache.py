@@ -177,7 +177,8 @@ class Embedder:
             if self.cache_dir:
                 self._mem.update((k, v) for (k, _), v in zip(part, vecs))
                 packed = np.frombuffer(b"".join(k for k, _ in part), dtype="S20")
-                self._save("emb.npz", (k for k, _ in part), lambda f: np.savez(f, keys=packed, vecs=vecs))
+                self._save("emb.npz", (k for k, _ in part),
+                           lambda f, packed=packed, vecs=vecs: np.savez(f, keys=packed, vecs=vecs))
         out = np.zeros((len(texts), 384), dtype=np.float32)
         for i, k in enumerate(keys):
             out[i] = found[k]

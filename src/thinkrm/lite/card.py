@@ -124,14 +124,16 @@ def model_card(model: LiteModel, data: Dataset) -> str:
         + (f", DAG sizes ({', '.join(DAG_SIZES)}) and {len(cfg.signals)} ME² signals ({', '.join(cfg.signals)})"
            if cfg.use_structure else "")
         + (f"; long-trace signals ({', '.join(TRACE_SIGNALS)})." if cfg.features >= 2 else "."),
-        f"- An ensemble of {cfg.ensemble} such heads (seeds {meta.get('seed')}..{meta.get('seed', 0) + cfg.ensemble - 1})"
+        f"- An ensemble of {cfg.ensemble} such heads "
+        f"(seeds {meta.get('seed')}..{meta.get('seed', 0) + cfg.ensemble - 1})"
         " whose scores are averaged; they share the backbone pass.",
         f"- {n_params:,} trained parameters; Bradley-Terry loss, AdamW, {meta.get('epochs')} epochs; "
         f"final training loss (mean over heads) {meta.get('final_loss', float('nan')):.4f}.", "",
         "## Data", "",
         "| file | sha256 |", "|---|---|",
         *[f"| `{k}` | `{v}` |" for k, v in meta.get("data_sha256", {}).items()], "",
-        f"Training pairs: {meta.get('train_pairs')} ({', '.join(f'{k}: {v}' for k, v in meta.get('train_pairs_by_source', {}).items())}); "
+        f"Training pairs: {meta.get('train_pairs')} "
+        f"({', '.join(f'{k}: {v}' for k, v in meta.get('train_pairs_by_source', {}).items())}); "
         "each source's total weight is fixed by its kind: "
         + ", ".join(f"{k} {v}" for k, v in SOURCE_SHARE.items()) + " (per pool for perturb/verified).",
         f"Split by problem (seed {data.split.get('seed')}): {PRM_TEST_FRACTION:.0%} of PRMBench problem ids and "

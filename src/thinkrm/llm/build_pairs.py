@@ -304,14 +304,14 @@ class Builder:
             v = verdicts.get(p.id)
             if v is None or v["winner"] not in ("a", "b"):
                 continue
-            w, l = v["winner"], "b" if v["winner"] == "a" else "a"
+            w, lose = v["winner"], "b" if v["winner"] == "a" else "a"
             side = {"a": p.a, "b": p.b}
             rows.append({
-                "id": p.id, "prompt": p.prompt, "chosen": side[w], "rejected": side[l],
+                "id": p.id, "prompt": p.prompt, "chosen": side[w], "rejected": side[lose],
                 "problem_id": p.extra["problem_id"],
-                "chosen_id": p.extra[f"{w}_id"], "rejected_id": p.extra[f"{l}_id"],
-                "generators": {"chosen": p.extra["generators"][w], "rejected": p.extra["generators"][l]},
-                "lengths": {"chosen": p.extra["lengths"][w], "rejected": p.extra["lengths"][l]},
+                "chosen_id": p.extra[f"{w}_id"], "rejected_id": p.extra[f"{lose}_id"],
+                "generators": {"chosen": p.extra["generators"][w], "rejected": p.extra["generators"][lose]},
+                "lengths": {"chosen": p.extra["lengths"][w], "rejected": p.extra["lengths"][lose]},
                 "dimensions": {d.key: [vote["dimensions"][d.key]["decision"] == w for vote in v["votes"]]
                                for d in P.DIMENSIONS},
                 "votes": [{"order": vote["order"], "repeat": vote["repeat"], "chosen_won": vote["decision"] == w}

@@ -200,7 +200,8 @@ class LLMClient:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         limits = httpx.Limits(max_connections=self.config.concurrency)
         self._http = httpx.AsyncClient(base_url=self.config.base_url, headers=headers, limits=limits,
-                                       timeout=httpx.Timeout(self.config.timeout, connect=min(10.0, self.config.timeout)))
+                                       timeout=httpx.Timeout(self.config.timeout,
+                                                             connect=min(10.0, self.config.timeout)))
         self._sem = asyncio.Semaphore(self.config.concurrency)
         return self
 

@@ -14,7 +14,8 @@ valid.
 * `BatchLLMStructurer` (`structurer="llm-batch"`), ours: one call labels a window of `batch_size` upcoming
   steps with a JSON object (sent as a `response_format` JSON schema where the server supports it, always
   checked by a strict parser). An unparsable answer is re-asked `invalid_retries` times
-  (`thinkrm.llm.client.ask_until_valid`), then its steps continue. Far fewer calls and tokens per trace (docs/llm-pipeline.md has the measured ratio).
+  (`thinkrm.llm.client.ask_until_valid`), then its steps continue. Far fewer calls and tokens per trace
+  (docs/llm-pipeline.md has the measured ratio).
 * `summarize_dag` replaces the extractive summaries of a DAG's super-nodes with one-sentence LLM summaries
   (one call per trace); `DAG.macro_view()` then prefixes each with its role tag.
 
@@ -206,7 +207,7 @@ class LLMStructurer(_LLMBase):
         for rnd in range(self.max_rounds):
             first = rnd * self.votes_per_round
 
-            async def draw(llm: LLMClient) -> list:
+            async def draw(llm: LLMClient, first: int = first) -> list:
                 return await asyncio.gather(*(
                     llm.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens,
                              sample=first + k, stage=self.stage) for k in range(self.votes_per_round)))
