@@ -15,9 +15,10 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..formatting import Item
@@ -148,22 +149,31 @@ class MicroBatcher:
                     self._room.clear()
                     await self._room.wait()
                 if group := self._take(self._arrivals):
-                    await self._prepare_group(loop, group)
+                    # A request that fails here never reaches the model: it leaves the queue gauge now.
+                    await self._in_halves(group, partial(self._prepare_group, loop), still_queued=True)
 
-    async def _prepare_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
-        items = [it for p in group for it in p.items]
+    async def _in_halves(self, group: list[_Pending], run: Callable[[list[_Pending]], Awaitable[None]], *,
+                         still_queued: bool = False) -> None:
+        """`await run(group)`; if it raises, the same for each half, down to single requests, which get the error.
+
+        Halves, not one call per request: one poisonous request among n costs ~2 log2(n) calls, and the other
+        requests are still served in batches."""
         try:
-            prepared = await loop.run_in_executor(self._prep_executor, self._checked_prepare, items)
+            await run(group)
         except Exception as e:
             self._metrics.scorer_errors += 1
             if len(group) == 1:
-                self._metrics.queue_depth -= len(group[0].items)
+                if still_queued:
+                    self._metrics.queue_depth -= len(group[0].items)
                 _settle(group[0].future, exc=e)
                 return
             half = len(group) // 2
-            await self._prepare_group(loop, group[:half])
-            await self._prepare_group(loop, group[half:])
-            return
+            await self._in_halves(group[:half], run, still_queued=still_queued)
+            await self._in_halves(group[half:], run, still_queued=still_queued)
+
+    async def _prepare_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
+        items = [it for p in group for it in p.items]
+        prepared = await loop.run_in_executor(self._prep_executor, self._checked_prepare, items)
         start = 0
         for pending in group:
             pending.prepared = prepared[start:start + len(pending.items)]
@@ -195,24 +205,12 @@ class MicroBatcher:
                 for pending in batch:
                     self._metrics.queue_depth -= len(pending.items)
                 if batch:
-                    await self._score_batch(loop, batch)
+                    await self._in_halves(batch, partial(self._score_batch, loop))
                     self._model_free_since = loop.time()
 
     async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         prepared = [x for p in batch for x in p.prepared]
-        try:
-            scores = await loop.run_in_executor(self.executor, self._checked_score, prepared)
-        except Exception as e:
-            self._metrics.scorer_errors += 1
-            if len(batch) == 1:
-                _settle(batch[0].future, exc=e)
-                return
-            # Halves, not one call per request: one poisonous request among n costs ~2 log2(n) calls, and
-            # the other requests are still scored in batches.
-            half = len(batch) // 2
-            await self._score_batch(loop, batch[:half])
-            await self._score_batch(loop, batch[half:])
-            return
+        scores = await loop.run_in_executor(self.executor, self._checked_score, prepared)
         self._metrics.batch_sizes.observe(len(prepared))
         self._metrics.items_scored += len(prepared)
         start = 0
