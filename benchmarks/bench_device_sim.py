@@ -12,7 +12,9 @@ of `--rounds`):
 1. the naive loop a script would write (tokenize a batch, run it, in order) against `load_scorer("hf:DIR")`
    with its prefetching tokenizer thread (`prefetch=True`) and chunks split among `tokenizer_threads`
    (the accelerator defaults), and with one tokenizer thread;
-2. `thinkrm serve` (a subprocess, 64 client connections, one item per request) with requests tokenized
+2. the commands' way (`thinkrm score`, `bon`, `eval-pairs`: chunks of 128 items) one chunk after another,
+   against `score_chunks`, which tokenizes the next chunk while one is on the model;
+3. `thinkrm serve` (a subprocess, 64 client connections, one item per request) with requests tokenized
    ahead of the model (`Scorer.prepares`, the accelerator default) and without, against the scorer's own
    items/s (issue 17's target on a GPU: the server at >= 90% of the scorer).
 
@@ -40,6 +42,7 @@ from bench_serve import free_port, load, wait_until_healthy  # noqa: E402
 from gpu_check import SMALL, build_model, make_items  # noqa: E402
 
 from thinkrm.hf_scorer import HFScorer, default_tokenizer_threads  # noqa: E402
+from thinkrm.scoring import score_chunks  # noqa: E402
 
 
 class StandInDevice(HFScorer):
@@ -127,18 +130,30 @@ def main() -> int:
         one_thread = StandInDevice(str(path), seconds_per_token=per_token, batch_size=args.batch_size,
                                    prefetch=True, chunk_size=4 * args.batch_size, tokenizer_threads=1)
         rates: dict[str, list[float]] = {"naive": [], "scorer": [], "scorer, 1 tokenizer thread": [],
+                                         "chunks of 128, one by one": [], "chunks of 128, score_chunks": [],
                                          "serve": [], "serve, no prepare": []}
+        chunks = [items[i:i + 128] for i in range(0, len(items), 128)]  # as `thinkrm score` calls a scorer
         for _ in range(args.rounds):
             rates["naive"].append(naive_rate(scorer, items, args.batch_size))
             for name, s in (("scorer", scorer), ("scorer, 1 tokenizer thread", one_thread)):
                 start = time.perf_counter()
                 s.score(items)
                 rates[name].append(len(items) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for chunk in chunks:
+                scorer.score(chunk)
+            rates["chunks of 128, one by one"].append(len(items) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for _ in score_chunks(scorer, chunks, list):
+                pass
+            rates["chunks of 128, score_chunks"].append(len(items) / (time.perf_counter() - start))
             rates["serve"].append(serve_rate(path, items, per_token, args.batch_size, ahead=True))
             rates["serve, no prepare"].append(serve_rate(path, items, per_token, args.batch_size, ahead=False))
         best = {k: max(v) for k, v in rates.items()}
         for k, v in rates.items():
-            print(f"{k:26s} {best[k]:8.1f} items/s  (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+            print(f"{k:28s} {best[k]:8.1f} items/s  (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+        print(f"chunks of 128: score_chunks / one by one "
+              f"{best['chunks of 128, score_chunks'] / best['chunks of 128, one by one']:.2f}x")
         print(f"scorer / naive {best['scorer'] / best['naive']:.2f}x | serve / scorer "
               f"{best['serve'] / best['scorer']:.2f} (target >= 0.9) | without prepare "
               f"{best['serve, no prepare'] / best['scorer']:.2f}")

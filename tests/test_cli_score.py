@@ -126,6 +126,23 @@ def test_score_with_hf_checkpoint_matches_python_api(tmp_path, tiny_reward_model
     assert [row["score"] for row in read_jsonl(out)] == pytest.approx(direct, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_score_tokenizing_ahead_gives_the_same_scores(tmp_path, tiny_reward_model, monkeypatch):
+    # As on a GPU (prefetch): each chunk is tokenized while the one before it is on the model.
+    import thinkrm.cli.score as score_cli
+
+    monkeypatch.setattr(score_cli, "SCORE_CHUNK", 2)
+    src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
+    runs = {}
+    for ahead in (False, True):
+        out = tmp_path / f"scored-{ahead}.jsonl"
+        score_cli.run_score(src, out, f"hf:{tiny_reward_model}", show_progress=False, device="cpu",
+                            dtype="float32", prefetch=ahead)
+        runs[ahead] = [(row["id"], row["score"]) for row in read_jsonl(out)]
+    assert len(runs[True]) == len(TRACES) and [i for i, _ in runs[True]] == [i for i, _ in runs[False]]
+    assert [s for _, s in runs[True]] == pytest.approx([s for _, s in runs[False]], abs=1e-6)
+
+
 PAIRS = [
     {"id": "p1", "prompt": "Q", "chosen": "short", "rejected": "much longer text", "kind": "padding"},
     {"id": "p2", "prompt": "Q", "chosen": "a longer chosen text", "rejected": "brief", "kind": "padding"},

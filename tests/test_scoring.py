@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from thinkrm.cli import app
-from thinkrm.scoring import BACKENDS, Scorer, checked_scores
+from thinkrm.scoring import BACKENDS, LengthScorer, Scorer, checked_scores, score_chunks
 
 
 class Broken(Scorer):
@@ -99,3 +99,61 @@ def test_the_rl_reward_refuses_a_broken_scorer(broken):
     right, poisoned = "<think>3 + 4 = 7</think> \\boxed{7}", "<think>poison: 3 + 4 = 7</think> \\boxed{7}"
     with pytest.raises(ValueError, match="scorer 'broken:nan' returned nan for item 1"):
         ThinkingReward("broken:nan", normalize="none").compute(["3 + 4?"] * 2, [right, poisoned], ["7", "7"])
+
+
+class TwoStage(LengthScorer):
+    """Length scores in two stages, recording the order of events; `score_prepared` of the first chunk waits
+    (up to 10 s) for the second chunk's `prepare`, which only a pipeline runs meanwhile."""
+
+    def __init__(self, poison: str = ""):
+        self.events: list[str] = []
+        self.poison = poison
+        import threading
+
+        self.second_prepared = threading.Event()
+
+    def prepare(self, items):
+        self.events.append(f"prepare {items[0][1]}")
+        if items[0][1] == "b":
+            self.second_prepared.set()
+        return list(items)
+
+    def score_prepared(self, prepared):
+        if prepared[0][1] == "a":
+            self.events.append(f"overlap {self.second_prepared.wait(10)}")
+        if any(self.poison and r == self.poison for _, r in prepared):
+            raise RuntimeError("model choked")
+        self.events.append(f"score {prepared[0][1]}")
+        return self.score(prepared)
+
+
+def test_score_chunks_prepares_the_next_chunk_while_this_one_is_scored():
+    scorer = TwoStage()
+    chunks = [[("p", "a"), ("p", "aa")], [("p", "b")], [("p", "ccc")]]
+    got = list(score_chunks(scorer, chunks, list))
+    assert got == [(c, [-float(len(r)) for _, r in c]) for c in chunks]
+    assert scorer.events[:3] == ["prepare a", "prepare b", "overlap True"]
+    assert not LengthScorer().prepares  # one stage: scored as it comes
+    assert list(score_chunks(LengthScorer(), chunks, list)) == got
+
+
+@pytest.mark.parametrize("scorer", [TwoStage(poison="b"), Broken("nan")], ids=["pipelined", "one stage"])
+def test_score_chunks_hands_over_a_failed_chunk_and_goes_on(scorer):
+    chunks = [[("p", "a")], [("p", "b" if isinstance(scorer, TwoStage) else "poison")], [("p", "ccc")]]
+    got = list(score_chunks(scorer, chunks, list))
+    assert [c for c, _ in got] == chunks
+    assert isinstance(got[1][1], (RuntimeError, ValueError)) and not isinstance(got[2][1], Exception)
+
+
+@pytest.mark.parametrize("scorer", [TwoStage(), LengthScorer()], ids=["pipelined", "one stage"])
+def test_score_chunks_raises_a_stream_error_after_the_chunks_before_it(scorer):
+    def stream():
+        yield [("p", "a")]
+        yield [("p", "b")]
+        raise OSError("the input went away")
+
+    seen = []
+    with pytest.raises(OSError, match="went away"):
+        for _, scores in score_chunks(scorer, stream(), list):
+            seen.append(scores)
+    assert len(seen) == 2 and all(not isinstance(s, Exception) for s in seen)

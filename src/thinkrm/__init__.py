@@ -39,6 +39,7 @@ _EXPORTS = {
     "Scorer": "thinkrm.scoring",
     "load_scorer": "thinkrm.scoring",
     "checked_scores": "thinkrm.scoring",
+    "score_chunks": "thinkrm.scoring",
     "Pair": "thinkrm.pairs",
     "load_pairs": "thinkrm.pairs",
     "evaluate_pairs": "thinkrm.evaluate",

@@ -46,7 +46,7 @@ from .io import (
     first_field,
     iter_records,
 )
-from .scoring import checked_scores
+from .scoring import score_chunks
 from .trace import split_response
 
 STRATEGIES = ("argmax", "vote", "weighted-vote")
@@ -171,14 +171,17 @@ def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str
         todo = list(first.items())
         cached = len(set(keys) & known.keys())
         start = time.perf_counter()
-        for b in range(0, len(todo), batch_size):
-            chunk = todo[b:b + batch_size]
-            scores = checked_scores(scorer, [Item(c.prompt, c.reasoning) for _, c in chunk])
+        chunks = (todo[b:b + batch_size] for b in range(0, len(todo), batch_size))
+        done = 0
+        for chunk, scores in score_chunks(scorer, chunks, lambda ch: [Item(c.prompt, c.reasoning) for _, c in ch]):
+            if isinstance(scores, Exception):
+                raise scores
             known.update((k, s) for (k, _), s in zip(chunk, scores))
             if store is not None:
                 store.add_many({"key": k, "score": known[k]} for k, _ in chunk)
+            done += len(chunk)
             if on_progress is not None:
-                on_progress(min(b + batch_size, len(todo)), len(todo))
+                on_progress(done, len(todo))
         seconds = time.perf_counter() - start
     finally:
         if store is not None:

@@ -127,7 +127,7 @@ def calibrate_traces(path: str | os.PathLike, scorer: Any, *, limit: int | None 
     `correct` field (candidate files), else every row (a file of known-good traces). `on_progress(n)` is
     called after each scored chunk with the number of traces scored so far."""
     from .io import InputError
-    from .scoring import checked_scores, load_scorer
+    from .scoring import load_scorer, score_chunks
     from .trace import load_traces
 
     items = [(t.prompt, t.reasoning) for t in load_traces(path)
@@ -138,8 +138,10 @@ def calibrate_traces(path: str | os.PathLike, scorer: Any, *, limit: int | None 
         raise InputError(f"{len(items)} usable correct traces; a calibration needs at least 4", file=path)
     scorer = load_scorer(scorer)
     scores: list[float] = []
-    for i in range(0, len(items), 64):
-        scores += checked_scores(scorer, items[i:i + 64])
+    for _, got in score_chunks(scorer, (items[i:i + 64] for i in range(0, len(items), 64)), list):
+        if isinstance(got, Exception):
+            raise got
+        scores += got
         if on_progress is not None:
             on_progress(len(scores))
     return fit_calibration(scores, reference=f"correct traces of {Path(path).name}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from .io import InputError
 from .pairs import Pair, load_pairs
-from .scoring import LengthScorer, Scorer, checked_scores, load_scorer
+from .scoring import LengthScorer, Scorer, load_scorer, score_chunks
 
 LENGTH_TOLERANCE = 0.10
 MAX_BAD_EXAMPLES = 20
@@ -108,10 +108,14 @@ def _evaluate(pairs, scorer: Scorer, bad: list[InputError], length_tolerance: fl
     baseline = LengthScorer()
     truncated_before = scorer.truncated
     model, length = _Report(), _Report()
-    for chunk in _chunks(progress(pairs) if progress is not None else pairs, chunk_size):
-        items = [(p.prompt, p.chosen) for p in chunk] + [(p.prompt, p.rejected) for p in chunk]
-        scores = checked_scores(scorer, items)
-        base = baseline.score(items)
+    def both_sides(chunk: list[Pair]) -> list[tuple[str, str]]:
+        return [(p.prompt, p.chosen) for p in chunk] + [(p.prompt, p.rejected) for p in chunk]
+
+    stream = _chunks(progress(pairs) if progress is not None else pairs, chunk_size)
+    for chunk, scores in score_chunks(scorer, stream, both_sides):
+        if isinstance(scores, Exception):
+            raise scores
+        base = baseline.score(both_sides(chunk))
         n = len(chunk)
         for i, pair in enumerate(chunk):
             matched = length_matched(pair, length_tolerance)

@@ -13,11 +13,13 @@ import math
 import numbers
 import random as _random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from .calibration import Calibration, parse_calibration
 from .formatting import Item
+
+C = TypeVar("C")
 
 # spec prefix -> "module:factory"; each factory takes (argument_after_colon, **options).
 BACKENDS: dict[str, str] = {
@@ -84,10 +86,13 @@ def checked_scores(scorer: Scorer, items: Sequence[Item | tuple[str, str]]) -> l
     scorer and the item named, instead of shifting scores onto the wrong items or turning an accuracy, a
     Best-of-N pick or an RL reward into noise. Raises `ValueError`.
     """
-    scores = scorer.score(items)
+    return _checked(scorer, scorer.score(items), len(items))
+
+
+def _checked(scorer: Scorer, scores: Sequence[Any], n: int) -> list[float]:
     name = scorer.spec or type(scorer).__name__
-    if len(scores) != len(items):
-        raise ValueError(f"scorer {name!r} returned {len(scores)} scores for {len(items)} items")
+    if len(scores) != n:
+        raise ValueError(f"scorer {name!r} returned {len(scores)} scores for {n} items")
     out = []
     for i, s in enumerate(scores):
         value = float(s) if isinstance(s, numbers.Real) and not isinstance(s, bool) else None
@@ -95,6 +100,53 @@ def checked_scores(scorer: Scorer, items: Sequence[Item | tuple[str, str]]) -> l
             raise ValueError(f"scorer {name!r} returned {s!r} for item {i}: expected a finite number")
         out.append(value)
     return out
+
+
+_END = object()
+
+
+def score_chunks(scorer: Scorer, chunks: Iterable[C], items: Callable[[C], Sequence[Item | tuple[str, str]]]
+                 ) -> Iterator[tuple[C, list[float] | Exception]]:
+    """`(chunk, checked scores of items(chunk))` for each chunk of a stream, in order; where scoring a chunk
+    failed, `(chunk, the exception)`, and the stream goes on (a caller may retry its rows one by one).
+
+    The commands score their input a chunk at a time (progress, resumable output, bounded memory), and an
+    accelerator would wait while each chunk is tokenized. With a scorer that `prepares` (`hf:` on a GPU),
+    the next chunk is prepared in a background thread while this one is on the model. The stream itself is
+    read here, in the caller's thread; an error it raises (a bad row) comes after the chunks read before it.
+    """
+    if not scorer.prepares:
+        for chunk in chunks:
+            try:
+                yield chunk, checked_scores(scorer, items(chunk))
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
+                yield chunk, e
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    stream = iter(chunks)
+    with ThreadPoolExecutor(1, thread_name_prefix="thinkrm-prepare") as pool:
+
+        def submit(chunk: C) -> tuple[C, int, Any]:
+            its = items(chunk)
+            return chunk, len(its), pool.submit(scorer.prepare, its)
+
+        current = None if (first := next(stream, _END)) is _END else submit(first)
+        while current is not None:
+            failure = None
+            try:
+                following = None if (nxt := next(stream, _END)) is _END else submit(nxt)
+            except Exception as e:  # noqa: BLE001 - raised once this chunk is answered
+                following, failure = None, e
+            chunk, n, prepared = current
+            try:
+                result: list[float] | Exception = _checked(scorer, scorer.score_prepared(prepared.result()), n)
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
+                result = e
+            yield chunk, result
+            if failure is not None:
+                raise failure
+            current = following
 
 
 class LengthScorer(Scorer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -39,7 +40,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
     from ..io import InputError, atomic_write, check_output_dir, check_output_file, dumps
     from ..me2 import analyze
     from ..report import ReportWriter
-    from ..scoring import checked_scores, load_scorer
+    from ..scoring import load_scorer, score_chunks
     from ..trace import load_traces
 
     if structurer not in STRUCTURERS:
@@ -69,12 +70,8 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
     try:
         with atomic_write(analysis_path) as jf, atomic_write(report_path) as hf:
             report = ReportWriter(hf, title=title or f"thinkrm · {traces.name}", structurer=structurer)
-            batch: list[tuple[Any, Any]] = []
 
-            def flush() -> None:
-                scores: list[float | None] = [None] * len(batch)
-                if scorer_obj is not None and batch:
-                    scores = checked_scores(scorer_obj, [Item(t.prompt, t.reasoning) for t, _ in batch])
+            def write(batch: list[tuple[Any, Any]], scores: list[float] | list[None]) -> None:
                 for (trace, result), score in zip(batch, scores):
                     record = trace.to_dict()
                     record.update(steps=[s.to_dict() for s in result.dag.steps], dag=result.dag.to_dict(),
@@ -84,15 +81,27 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
                     jf.write(dumps(record) + "\n")
                     report.add(trace, result, score)
                     rows.append(_summary_row(trace.id, result, score))
-                batch.clear()
 
-            items = stream if limit is None else islice(stream, limit)
-            for trace in progress(items, "analyzing", total=total) if show_progress else items:
-                dag = build_dag(trace.reasoning, structurer)
-                batch.append((trace, analyze(trace, dag=dag)))
-                if len(batch) >= SCORE_BATCH:
-                    flush()
-            flush()
+            def analyzed() -> Iterator[list[tuple[Any, Any]]]:
+                items = stream if limit is None else islice(stream, limit)
+                batch: list[tuple[Any, Any]] = []
+                for trace in progress(items, "analyzing", total=total) if show_progress else items:
+                    batch.append((trace, analyze(trace, dag=build_dag(trace.reasoning, structurer))))
+                    if len(batch) >= SCORE_BATCH:
+                        yield batch
+                        batch = []
+                if batch:
+                    yield batch
+
+            if scorer_obj is None:
+                for batch in analyzed():
+                    write(batch, [None] * len(batch))
+            else:  # a GPU scorer tokenizes the next batch while this one is on the model
+                for batch, scores in score_chunks(scorer_obj, analyzed(),
+                                                  lambda b: [Item(t.prompt, t.reasoning) for t, _ in b]):
+                    if isinstance(scores, Exception):
+                        raise scores
+                    write(batch, scores)
             report.finish()
     finally:
         if scorer_obj is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -41,14 +42,15 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
     number as `id`, which is what resuming matches on.
 
     Every row is validated before its chunk is scored (`thinkrm.io`, `thinkrm.trace`: bad text, empty
-    reasoning, repeated ids), and a row the scorer itself fails on costs only that row (`_score_rows`), so
+    reasoning, repeated ids), and a row the scorer itself fails on costs only that row (`_rows_scored`), so
     one bad row never loses the good rows around it. An input without any row is an error, raised before
     `out` is touched.
     """
     from itertools import chain
 
+    from ..formatting import Item
     from ..io import ResumableJsonl, check_output_file
-    from ..scoring import load_scorer
+    from ..scoring import load_scorer, score_chunks
     from ..trace import read_traces
 
     traces = Path(traces)
@@ -71,45 +73,49 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
     scorer_obj = load_scorer(scorer, **options)
     try:
         with ResumableJsonl(out, key="id", resume=resume) as store:
-            batch: list[tuple[Any, dict[str, Any]]] = []
-
-            def flush() -> None:
-                scored = _score_rows(scorer_obj, batch)
-                store.add_many({**rec, "id": rec.get("id", trace.id), "score": s}
-                               for (trace, rec), s in zip(batch, scored) if not isinstance(s, InputError))
-                result.scored += sum(not isinstance(s, InputError) for s in scored)
-                batch.clear()
-                for s in scored:  # after the good rows are safely written
-                    if isinstance(s, InputError):
-                        on_bad(s)
-
             stream = rows if first is None else chain([first], rows)
             if show_progress:
                 stream = progress(stream, "scoring", total=count_lines(traces))
-            try:
-                for trace, rec in stream:
-                    if trace.id in store:
-                        result.resumed += 1
-                        continue
-                    batch.append((trace, rec))
-                    if len(batch) >= SCORE_CHUNK:
-                        flush()
-            except InputError:
-                if batch:  # the good rows before the bad one are kept, so --resume goes on from there
-                    flush()
-                raise
-            if batch:
-                flush()
+
+            def chunks() -> Iterator[list[tuple[Any, dict[str, Any]]]]:
+                batch: list[tuple[Any, dict[str, Any]]] = []
+                try:
+                    for trace, rec in stream:
+                        if trace.id in store:
+                            result.resumed += 1
+                            continue
+                        batch.append((trace, rec))
+                        if len(batch) >= SCORE_CHUNK:
+                            yield batch
+                            batch = []
+                except InputError:
+                    if batch:  # the good rows before the bad one are kept, so --resume goes on from there
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
+
+            # A GPU scorer tokenizes the next chunk while this one is on the model (score_chunks).
+            for batch, got in score_chunks(scorer_obj, chunks(), lambda b: [Item(t.prompt, t.reasoning) for t, _ in b]):
+                scored = _rows_scored(scorer_obj, batch, got)
+                store.add_many({**rec, "id": rec.get("id", trace.id), "score": s}
+                               for (trace, rec), s in zip(batch, scored) if not isinstance(s, InputError))
+                result.scored += sum(not isinstance(s, InputError) for s in scored)
+                for s in scored:  # after the good rows are safely written
+                    if isinstance(s, InputError):
+                        on_bad(s)
         result.truncated = scorer_obj.truncated
     finally:
         scorer_obj.close()
     return result
 
 
-def _score_rows(scorer, batch: list[tuple[Any, dict[str, Any]]]) -> list[float | InputError]:
-    """Scores of a chunk of (trace, record) rows, or an `InputError` in place of each row the scorer fails on.
+def _rows_scored(scorer, batch: list[tuple[Any, dict[str, Any]]], got: list[float] | Exception
+                 ) -> list[float | InputError]:
+    """Scores of a chunk of (trace, record) rows given what scoring the chunk gave (`got`), with an `InputError`
+    in place of each row the scorer fails on.
 
-    When the whole chunk fails, each row is scored alone, so a row that a model or server cannot take costs
+    When the whole chunk failed, each row is scored alone, so a row that a model or server cannot take costs
     that row, not the chunk. Failures that are not about rows are raised as they are: an unreachable or
     overloaded server (`OSError`, HTTP 429/5xx after retries), or every row failing (a broken scorer).
     """
@@ -122,13 +128,12 @@ def _score_rows(scorer, batch: list[tuple[Any, dict[str, Any]]]) -> list[float |
             return e.status not in RETRY_STATUSES
         return not isinstance(e, OSError)
 
+    if not isinstance(got, Exception):
+        return list(got)
+    if len(batch) == 1 or not about_rows(got):
+        raise got
+    chunk_error = got
     items = [Item(t.prompt, t.reasoning) for t, _ in batch]
-    try:
-        return checked_scores(scorer, items)
-    except Exception as e:
-        if len(batch) == 1 or not about_rows(e):
-            raise
-        chunk_error = e
     out: list[float | InputError] = []
     for (trace, _), item in zip(batch, items):
         try:
