@@ -24,7 +24,8 @@ Feeding an accelerator (what `score` does for a list of items):
   warning) or after a fork: then one batch call is one core, however many the machine has. The same switch makes
   `prepares` true, so `thinkrm serve` tokenizes requests (`prepare`) while the model scores earlier ones
   (`score_prepared`).
-* The first chunk is one batch's worth of items, so the device starts after one batch is tokenized.
+* The first chunk is one batch's worth of items, so the device starts after one batch is tokenized, and a
+  call of a few batches is a pipeline too.
 * Within a chunk, items are sorted by length (longest first, ties by input position, so the batching is
   deterministic) and cut into batches of at most `batch_size` items and `max_batch_tokens` padded tokens
   (rows x longest row): short items go many to a batch, long ones few, and memory stays bounded.
@@ -317,10 +318,11 @@ class HFScorer(Scorer):
 
     def score(self, items: Sequence[Item | tuple[str, str]]) -> list[float]:
         items = list(items)
-        if not (self.prefetch and len(items) > self.chunk_size):
-            return self._run(self._encoded_chunks(items, self.chunk_size), len(items))
-        # The device waits for the first chunk's tokens whatever happens: one batch's worth, not a chunk's.
+        # The device waits for the first chunk's tokens whatever happens: one batch's worth, not a chunk's. A
+        # call of a few batches (an RL step's completions) is then already a pipeline of two chunks.
         first = min(self.batch_size, self.chunk_size)
+        if not (self.prefetch and len(items) > first):
+            return self._run(self._encoded_chunks(items, self.chunk_size), len(items))
         return self._run(_prefetched(self._encoded_chunks(items, first)), len(items))
 
     @property
