@@ -50,6 +50,29 @@ class Counting(Scorer):
         return [float(len(r)) for _, r in items]
 
 
+class Prepares:
+    """Mixin: scoring in two stages, as `hf:` on a GPU, so `run_score` pipelines its chunks (score_chunks)."""
+
+    prepared = 0
+
+    def prepare(self, items):
+        self.prepared += len(items)
+        return list(items)
+
+
+class TwoStageCounting(Prepares, Counting):
+    pass
+
+
+@pytest.fixture(params=["one stage", "two stages"])
+def stages(request, monkeypatch):
+    """Runs a test with one-stage and with two-stage scorers, in chunks of two rows (so several chunks)."""
+    import thinkrm.cli.score as score_cli
+
+    monkeypatch.setattr(score_cli, "SCORE_CHUNK", 2)
+    return request.param == "two stages"
+
+
 def test_score_adds_score_and_keeps_every_field(tmp_path):
     src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
     out = tmp_path / "scored.jsonl"
@@ -62,16 +85,17 @@ def test_score_adds_score_and_keeps_every_field(tmp_path):
     assert "scored 5 rows" in r.output
 
 
-def test_resume_after_kill_with_torn_last_line(tmp_path):
+def test_resume_after_kill_with_torn_last_line(tmp_path, stages):
     src = write_jsonl(tmp_path / "traces.jsonl", TRACES)
     out = tmp_path / "scored.jsonl"
     # What a killed run leaves: two finished rows (marked so a re-score would show) and half of a third.
     done = [{**TRACES[0], "score": 999.0}, {**TRACES[1], "id": "2", "score": 998.0}]
     out.write_text("".join(json.dumps(r) + "\n" for r in done) + '{"id": 3, "prompt": "Q3", "reas')
-    scorer = Counting()
+    scorer = TwoStageCounting() if stages else Counting()
     res = run_score(src, out, scorer, resume=True, show_progress=False)
     assert (res.scored, res.resumed) == (3, 2)
     assert scorer.seen == ["so", "wait, actually no", "x" * 40]
+    assert scorer.prepares == stages and getattr(scorer, "prepared", 0) == (3 if stages else 0)
     rows = read_jsonl(out)
     assert [row["id"] for row in rows] == ["a", "2", 3, "d", "e"]
     assert [row["score"] for row in rows] == [999.0, 998.0, 2.0, 17.0, 40.0]
@@ -85,6 +109,19 @@ def test_without_resume_output_starts_over(tmp_path):
     out = write_jsonl(tmp_path / "scored.jsonl", [{"id": "a", "score": 999.0}])
     res = run_score(src, out, Counting(), show_progress=False)
     assert res.scored == 2 and [row["score"] for row in read_jsonl(out)] == [9.0, 30.0]
+
+
+def test_a_bad_row_stops_the_run_after_the_rows_before_it_and_resume_goes_on(tmp_path, stages):
+    src = write_jsonl(tmp_path / "traces.jsonl", [*TRACES[:3], {"id": "x", "prompt": "Q"}, *TRACES[3:]])
+    out = tmp_path / "scored.jsonl"
+    with pytest.raises(InputError, match=r"traces.jsonl:4"):
+        run_score(src, out, TwoStageCounting() if stages else Counting(), show_progress=False)
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3]  # the chunk cut short by the bad row too
+    scorer = TwoStageCounting() if stages else Counting()
+    res = run_score(src, out, scorer, resume=True, skip_bad=True, show_progress=False)
+    assert (res.scored, res.resumed, len(res.skipped)) == (2, 3, 1)
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
+    assert getattr(scorer, "prepared", 0) == (2 if stages else 0)
 
 
 def test_bad_rows_stop_with_file_line_or_are_skipped(tmp_path):
@@ -300,18 +337,23 @@ class Picky(Scorer):
         return [float(len(r)) for _, r in items]
 
 
-def test_a_row_the_scorer_fails_on_costs_only_that_row(tmp_path):
+class TwoStagePicky(Prepares, Picky):
+    pass
+
+
+def test_a_row_the_scorer_fails_on_costs_only_that_row(tmp_path, stages):
     rows = [*TRACES[:2], {"id": "p", "prompt": "Q", "reasoning": "POISON"}, *TRACES[2:]]
     src = write_jsonl(tmp_path / "traces.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    res = run_score(src, out, Picky(), skip_bad=True, show_progress=False)
+    Picky_ = TwoStagePicky if stages else Picky
+    res = run_score(src, out, Picky_(), skip_bad=True, show_progress=False)
     assert res.scored == 5 and len(res.skipped) == 1
     assert f"{src}:3: the scorer failed on this row: ValueError: cannot take this text" == res.skipped[0]
     assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
-    # Without --skip-bad the run stops at that row, but the good rows of its chunk are written.
+    # Without --skip-bad the run stops at that row, but the good rows of its chunk (of two) are written.
     with pytest.raises(InputError, match=r"traces.jsonl:3: the scorer failed on this row"):
-        run_score(src, out, Picky(), show_progress=False)
-    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3, "d", "e"]
+        run_score(src, out, Picky_(), show_progress=False)
+    assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3]
 
 
 def test_scorer_failures_that_are_not_about_rows_are_not_retried_row_by_row(tmp_path):

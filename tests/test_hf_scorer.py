@@ -187,6 +187,9 @@ def test_chunks_token_budget_and_prefetch_keep_input_order(tiny_reward_model):
     assert threaded.prepare(items) == scorer.prepare(items)
     assert threaded.score(items) == pytest.approx(got, abs=1e-6)  # other chunks, other batches
     threaded.close()
+    # A call of a few batches, within one chunk, is a pipeline too (its first batch, then the rest).
+    few = load_scorer(f"hf:{tiny_reward_model}", batch_size=4, chunk_size=64, prefetch=True, **CPU)
+    assert few.score(items[:30]) == pytest.approx(ref[:30], abs=1e-5)
     with pytest.raises(ValueError, match="tokenizer_threads"):
         load_scorer(f"hf:{tiny_reward_model}", tokenizer_threads=0)
     assert scorer.score([]) == [] and scorer.score_encoded([]) == []

@@ -146,6 +146,19 @@ def test_score_chunks_hands_over_a_failed_chunk_and_goes_on(scorer):
 
 
 @pytest.mark.parametrize("scorer", [TwoStage(), LengthScorer()], ids=["pipelined", "one stage"])
+def test_score_chunks_hands_over_a_chunk_whose_items_cannot_be_built(scorer):
+    def items(chunk):
+        if chunk == "bad":
+            raise KeyError("prompt")
+        return chunk
+
+    chunks = [[("p", "a")], "bad", [("p", "b")]]
+    got = list(score_chunks(scorer, chunks, items))
+    assert [c for c, _ in got] == chunks and isinstance(got[1][1], KeyError)
+    assert got[2][1] == [-1.0]
+
+
+@pytest.mark.parametrize("scorer", [TwoStage(), LengthScorer()], ids=["pipelined", "one stage"])
 def test_score_chunks_raises_a_stream_error_after_the_chunks_before_it(scorer):
     def stream():
         yield [("p", "a")]

@@ -122,13 +122,18 @@ def score_chunks(scorer: Scorer, chunks: Iterable[C], items: Callable[[C], Seque
             except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
                 yield chunk, e
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     stream = iter(chunks)
     with ThreadPoolExecutor(1, thread_name_prefix="thinkrm-prepare") as pool:
 
-        def submit(chunk: C) -> tuple[C, int, Any]:
-            its = items(chunk)
+        def submit(chunk: C) -> tuple[C, int, Future]:
+            try:
+                its = items(chunk)
+            except Exception as e:  # noqa: BLE001 - the chunk's failure, handed over with it
+                failed: Future = Future()
+                failed.set_exception(e)
+                return chunk, 0, failed
             return chunk, len(its), pool.submit(scorer.prepare, its)
 
         current = None if (first := next(stream, _END)) is _END else submit(first)
