@@ -162,6 +162,7 @@ class HFScorer(Scorer):
             raise ValueError(f"tokenizer_threads must be >= 1, got {tokenizer_threads}")
         self._tokenizer_pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
+        self._pool_lock = threading.Lock()
         self._pin = self.device.startswith("cuda")
         local = Path(arg).expanduser()
         if arg.startswith(("/", ".", "~")) and not local.is_dir():
@@ -339,17 +340,22 @@ class HFScorer(Scorer):
         threads = min(self.tokenizer_threads, len(items) // 2)  # at least 2 items a slice
         if threads <= 1:
             return self.encoder.encode_batch(items)
-        if self._tokenizer_pool is None or self._pool_pid != os.getpid():
-            # The tokenizer's truncation and padding are settled (the first call resets them), so the threads
-            # only read that state: a write during a concurrent call fails with "Already borrowed".
-            self.encoder.encode_batch(items[:1])
-            # A forked child inherits the pool without its threads, and would wait on it forever.
-            self._tokenizer_pool = ThreadPoolExecutor(self.tokenizer_threads, "thinkrm-hf-tokenize")
-            self._pool_pid = os.getpid()
         step = -(-len(items) // threads)
-        parts = self._tokenizer_pool.map(self.encoder.encode_batch,
-                                         [items[i:i + step] for i in range(0, len(items), step)])
+        parts = self._tokenizers().map(self.encoder.encode_batch,
+                                       [items[i:i + step] for i in range(0, len(items), step)])
         return [e for part in parts for e in part]
+
+    def _tokenizers(self) -> ThreadPoolExecutor:
+        """The tokenizer threads, made on first use; `prepare` and `score` may both get here at once."""
+        with self._pool_lock:
+            if self._tokenizer_pool is None or self._pool_pid != os.getpid():
+                # The tokenizer's truncation and padding are settled (the first call resets them), so the
+                # threads only read that state: a write during a concurrent call fails with "Already borrowed".
+                self.encoder.encode_batch([("", "")])
+                # A forked child inherits the pool without its threads, and would wait on it forever.
+                self._tokenizer_pool = ThreadPoolExecutor(self.tokenizer_threads, "thinkrm-hf-tokenize")
+                self._pool_pid = os.getpid()
+            return self._tokenizer_pool
 
     def score_prepared(self, prepared: Sequence[Encoded]) -> list[float]:
         scores = self.score_encoded([e.input_ids for e in prepared])
@@ -363,9 +369,10 @@ class HFScorer(Scorer):
         return self._run(chunks, len(inputs))
 
     def close(self) -> None:
-        if self._tokenizer_pool is not None:
-            self._tokenizer_pool.shutdown(wait=True)
-            self._tokenizer_pool = None
+        with self._pool_lock:
+            if self._tokenizer_pool is not None:
+                self._tokenizer_pool.shutdown(wait=True)
+                self._tokenizer_pool = None
         self.model = None
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
