@@ -217,3 +217,18 @@ def test_decoder_head_runs_in_float32_on_the_scorer_device(tiny_reward_model):
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     assert scorer.score(ITEMS) == pytest.approx(ref, abs=tol)
     assert all(isinstance(x, float) for x in scorer.score_ids([[1, 5, 7], [1, 9]]))
+
+
+def test_weights_load_straight_onto_the_device_where_transformers_allows(tiny_reward_model, monkeypatch):
+    import transformers.integrations.accelerate as hf_accelerate
+    import transformers.utils as hf_utils
+
+    from thinkrm.hf_scorer import _placement
+
+    assert _placement("cpu") == {"device_map": "cpu"}
+    want = load_scorer(f"hf:{tiny_reward_model}", **CPU).score(ITEMS[:2])
+    # A bare CUDA image without accelerate: transformers refuses any device map, so none is passed.
+    monkeypatch.setattr(hf_utils, "is_accelerate_available", lambda: False)
+    monkeypatch.setattr(hf_accelerate, "is_accelerate_available", lambda: False)
+    assert _placement("cpu") == {}
+    assert load_scorer(f"hf:{tiny_reward_model}", **CPU).score(ITEMS[:2]) == want

@@ -99,6 +99,17 @@ def _pick_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
+def _placement(device: str) -> dict[str, Any]:
+    """`device_map=device` where transformers takes it: weights go straight onto the device, so an 8B checkpoint
+    is not first held in host memory and copied at start-up. transformers refuses a device map without
+    `accelerate` installed (a bare CUDA image may lack it) and under DeepSpeed ZeRO-3 (a scorer inside a
+    ZeRO-3 trainer); there the weights load on the host and are moved, as before."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.utils import is_accelerate_available
+
+    return {"device_map": device} if is_accelerate_available() and not is_deepspeed_zero3_enabled() else {}
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
     """Indices of `lengths` cut into batches: longest first (ties in input order), at most `batch_size`
     rows and `max_batch_tokens` padded tokens (rows x longest row) each; a row over the budget goes alone."""
@@ -178,10 +189,8 @@ class HFScorer(Scorer):
                 raise ValueError(f"hf:{arg} has {config.num_labels} labels; a reward model has exactly one "
                                  "(a scalar head)")
             self.tokenizer = AutoTokenizer.from_pretrained(arg)
-            # Straight onto the device: an 8B checkpoint loaded on the host first costs its size in host
-            # memory and a second copy at start-up.
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                arg, config=config, dtype=_pick_dtype(dtype, self.device), device_map=self.device)
+                arg, config=config, dtype=_pick_dtype(dtype, self.device), **_placement(self.device))
         except OSError as e:
             raise ValueError(f"cannot load hf:{arg}: {str(e).splitlines()[0]}") from None
         self.model.to(self.device).eval()
