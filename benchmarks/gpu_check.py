@@ -15,6 +15,9 @@ directory, then, in one process and side by side:
 
     python benchmarks/gpu_check.py                 # GPU: 512 items of ~2,000 tokens, ~150M model, < 8 min
     python benchmarks/gpu_check.py --cpu --small   # CPU smoke run of the same steps, about a minute
+
+A bare CUDA PyTorch image lacks the server stack, TRL and datasets: `bash benchmarks/gpu_wheels.sh` fetches
+their wheels here into `.whl/` (6.5 MB), to carry along and install there first, as that script says.
 """
 
 from __future__ import annotations
@@ -242,12 +245,16 @@ def main() -> int:
             torch.cuda.empty_cache()
 
         if not args.no_serve:
-            rate, errors, startup = serve_rate(path, items[:cfg["requests"]], args)
-            print(f"[serve] {rate:.1f} items/s with 64 clients, one item per request, {errors} errors "
-                  f"| scorer in-process {sr:.1f} items/s | ratio {rate / sr:.2f}")
-            load_s = load_seconds(path, device, dtype_name)
-            print(f"[startup] serve to /health {startup:.1f} s | fresh process: load + score one item "
-                  f"{load_s:.1f} s | ratio {startup / load_s:.2f}")
+            # A machine may lack the server stack (benchmarks/gpu_wheels.sh): that step fails, the rest runs.
+            try:
+                rate, errors, startup = serve_rate(path, items[:cfg["requests"]], args)
+                print(f"[serve] {rate:.1f} items/s with 64 clients, one item per request, {errors} errors "
+                      f"| scorer in-process {sr:.1f} items/s | ratio {rate / sr:.2f}")
+                load_s = load_seconds(path, device, dtype_name)
+                print(f"[startup] serve to /health {startup:.1f} s | fresh process: load + score one item "
+                      f"{load_s:.1f} s | ratio {startup / load_s:.2f}")
+            except Exception as e:  # noqa: BLE001 - reported, and the check goes on
+                print(f"[serve] failed: {type(e).__name__}: {str(e)[-1500:]}")
 
     if not args.no_tests:
         env = dict(os.environ, HF_HUB_OFFLINE="1")
