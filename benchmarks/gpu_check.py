@@ -257,7 +257,9 @@ def main() -> int:
                 print(f"[serve] failed: {type(e).__name__}: {str(e)[-1500:]}")
 
     if not args.no_tests:
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        # thinkrm from this tree: a GPU machine runs the check from a copy of it, with nothing installed.
+        env = dict(os.environ, HF_HUB_OFFLINE="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                                "tests/test_hf_scorer.py", "tests/test_train.py"],
                               cwd=ROOT, env=env, capture_output=True, text=True)
