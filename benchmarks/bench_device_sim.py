@@ -25,9 +25,7 @@ of `--rounds`):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import free_port, load, wait_until_healthy  # noqa: E402
+from bench_serve import free_port, measure_server, tree_env  # noqa: E402
 from gpu_check import SMALL, build_model, make_items  # noqa: E402
 
 from thinkrm.hf_scorer import HFScorer, default_tokenizer_threads  # noqa: E402
@@ -72,22 +70,13 @@ serve(ServeConfig(scorer="", port=port, max_batch_size=batch, log_level="error")
 
 def serve_rate(path: Path, items, per_token: float, batch: int, ahead: bool, clients: int = 64) -> float:
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(ROOT / "benchmarks"), str(path), repr(per_token),
-                             str(port), str(batch), "1" if ahead else "0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_healthy(proc, f"http://127.0.0.1:{port}", timeout=120, poll=0.05)
-        texts = [f"{p}\n{r}" for p, r in items]  # the server splits at the first newline; prompts have none
-        asyncio.run(load(port, texts[:clients], clients))
-        wall, _, errors = asyncio.run(load(port, texts, clients))
-        if errors:
-            raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
-        return len(texts) / wall
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    cmd = [sys.executable, "-c", _SERVE, str(ROOT / "benchmarks"), str(path), repr(per_token), str(port), str(batch),
+           "1" if ahead else "0"]
+    texts = [f"{p}\n{r}" for p, r in items]  # the server splits at the first newline; prompts have none
+    rate, errors, _ = measure_server(cmd, port, texts, clients, tree_env(), timeout=120)
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
+    return rate
 
 
 def naive_rate(scorer: StandInDevice, items, batch: int) -> float:

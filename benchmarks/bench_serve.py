@@ -60,11 +60,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tree_env(**extra: str) -> dict[str, str]:
+    """This environment, offline, with this tree's src first on PYTHONPATH, plus `extra`: a subprocess runs this
+    tree's thinkrm whether it is installed or not (a GPU machine runs a bare copy of the tree)."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path, **extra)
+
+
+def serve_command(*args: str) -> list[str]:
+    """`thinkrm serve ARGS` run by this interpreter (no console script needed)."""
+    return [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", *args]
+
+
+def measure_server(cmd: list[str], port: int, texts: list[str], clients: int, env: dict[str, str],
+                   timeout: float = 180.0) -> tuple[float, list[str], float]:
+    """Start the server `cmd` (listening on `port`), wait for /health, warm up with `clients` requests, then send
+    `texts` one per request from `clients` connections: (items/s, errors, seconds to /health). The server is
+    stopped after, whatever happened."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}", timeout=timeout, poll=0.05)
+        startup = time.perf_counter() - started
+        asyncio.run(load(port, texts[:clients], clients))  # warm-up: connections, first batches
+        wall, _, errors = asyncio.run(load(port, texts, clients))
+        return len(texts) / wall, errors, startup
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def start_server(scorer: str, port: int, extra: list[str], threads: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", scorer,
-           "--port", str(port), *extra]
+    env = tree_env(OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    cmd = serve_command("--scorer", scorer, "--port", str(port), *extra)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_until_healthy(proc, f"http://127.0.0.1:{port}")
     return proc
@@ -170,8 +201,7 @@ print(len(items) / (time.perf_counter() - t))
 def in_process(scorer: str, texts: list[str], threads: int) -> float:
     """Items/s of `thinkrm score`'s path (`load_scorer(spec).score`, its own batching) on the same texts, in a
     fresh process with the server's thread settings: what the server's throughput is measured against."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    env = tree_env(OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     out = subprocess.run([sys.executable, "-c", _IN_PROCESS, scorer], input=json.dumps(texts), env=env,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tokenizer the tests train, reused
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the server helpers bench_serve.py already has
 
-from bench_serve import free_port, load, wait_until_healthy  # noqa: E402
+from bench_serve import free_port, measure_server, serve_command, tree_env  # noqa: E402
 from tiny_models import CORPUS, make_tokenizer  # noqa: E402
 
 FULL = dict(hidden=1024, layers=12, heads=16, intermediate=2816, items=512, tokens=2000, batch=32,
@@ -127,32 +127,12 @@ def serve_rate(path: Path, items, args, clients: int = 64) -> tuple[float, int, 
     one item per request. The load comes from bench_serve's asyncio client (raw HTTP/1.1 keep-alive): 64
     httpx threads in this process would spend more CPU per request than the server does, and measure
     themselves."""
-    import asyncio
-
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    if args.cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, "-c", "from thinkrm.cli import main; main()", "serve", "--scorer", f"hf:{path}",
-           "--port", str(port), "--max-batch-size", str(args.batch_size)]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(proc, url, timeout=180, poll=0.05)
-        startup = time.perf_counter() - started
-        # The server splits a formatted text at its first newline; these prompts have none.
-        texts = [f"{p}\n{r}" for p, r in items]
-        asyncio.run(load(port, texts[:clients], clients))  # warm-up: connections, first batches
-        wall, _, errors = asyncio.run(load(port, texts, clients))
-        return len(texts) / wall, len(errors), startup
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    env = tree_env(CUDA_VISIBLE_DEVICES="") if args.cpu else tree_env()
+    cmd = serve_command("--scorer", f"hf:{path}", "--port", str(port), "--max-batch-size", str(args.batch_size))
+    texts = [f"{p}\n{r}" for p, r in items]  # the server splits at the first newline; these prompts have none
+    rate, errors, startup = measure_server(cmd, port, texts, clients, env)
+    return rate, len(errors), startup
 
 
 _LOAD = """
@@ -167,10 +147,8 @@ print(time.perf_counter() - t)
 def load_seconds(path: Path, device: str, dtype: str) -> float:
     """Seconds a fresh process takes to import thinkrm, load `hf:path` and score one item: what starting a
     server cannot avoid, against which its start-up is measured (both include the interpreter's start)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _LOAD, f"hf:{path}", device, dtype], env=env, check=True,
+    subprocess.run([sys.executable, "-c", _LOAD, f"hf:{path}", device, dtype], env=tree_env(), check=True,
                    capture_output=True)
     return time.perf_counter() - started
 
@@ -257,12 +235,9 @@ def main() -> int:
                 print(f"[serve] failed: {type(e).__name__}: {str(e)[-1500:]}")
 
     if not args.no_tests:
-        # thinkrm from this tree: a GPU machine runs the check from a copy of it, with nothing installed.
-        env = dict(os.environ, HF_HUB_OFFLINE="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                                "tests/test_hf_scorer.py", "tests/test_train.py"],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
+                              cwd=ROOT, env=tree_env(), capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         print(f"[pytest] {lines[-1] if lines else proc.stderr[-500:]} (exit {proc.returncode})")
         if proc.returncode:
