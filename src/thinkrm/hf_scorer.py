@@ -136,7 +136,6 @@ class _Batch(NamedTuple):
 
 class _Chunk(NamedTuple):
     start: int  # position of the chunk's first item in the input
-    size: int
     batches: list[_Batch]
     truncated: int
 
@@ -301,7 +300,7 @@ class HFScorer(Scorer):
         """A chunk's padded batches, ready to go to the device."""
         batches = [self._build([inputs[i] for i in rows], rows)
                    for rows in plan_batches([len(ids) for ids in inputs], self.batch_size, self.max_batch_tokens)]
-        return _Chunk(start, len(inputs), batches, truncated)
+        return _Chunk(start, batches, truncated)
 
     def _run(self, chunks: Iterator[_Chunk], total: int) -> list[float]:
         """Forward every batch of every chunk; one device synchronisation per chunk; scores in input order."""
