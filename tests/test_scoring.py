@@ -140,9 +140,14 @@ def test_score_chunks_prepares_the_next_chunk_while_this_one_is_scored():
 @pytest.mark.parametrize("scorer", [TwoStage(poison="b"), Broken("nan")], ids=["pipelined", "one stage"])
 def test_score_chunks_hands_over_a_failed_chunk_and_goes_on(scorer):
     chunks = [[("p", "a")], [("p", "b" if isinstance(scorer, TwoStage) else "poison")], [("p", "ccc")]]
-    got = list(score_chunks(scorer, chunks, list))
+    got = list(score_chunks(scorer, chunks, list, keep_going=True))
     assert [c for c, _ in got] == chunks
     assert isinstance(got[1][1], (RuntimeError, ValueError)) and not isinstance(got[2][1], Exception)
+    seen = []
+    with pytest.raises((RuntimeError, ValueError)):  # by default the failure is raised, after the chunk before
+        for chunk, _ in score_chunks(scorer, chunks, list):
+            seen.append(chunk)
+    assert seen == chunks[:1]
 
 
 @pytest.mark.parametrize("scorer", [TwoStage(), LengthScorer()], ids=["pipelined", "one stage"])
@@ -153,7 +158,7 @@ def test_score_chunks_hands_over_a_chunk_whose_items_cannot_be_built(scorer):
         return chunk
 
     chunks = [[("p", "a")], "bad", [("p", "b")]]
-    got = list(score_chunks(scorer, chunks, items))
+    got = list(score_chunks(scorer, chunks, items, keep_going=True))
     assert [c for c, _ in got] == chunks and isinstance(got[1][1], KeyError)
     assert got[2][1] == [-1.0]
 

@@ -174,8 +174,6 @@ def score_candidates(candidates: Sequence[Candidate], scorer: Any, *, cache: str
         chunks = (todo[b:b + batch_size] for b in range(0, len(todo), batch_size))
         done = 0
         for chunk, scores in score_chunks(scorer, chunks, lambda ch: [Item(c.prompt, c.reasoning) for _, c in ch]):
-            if isinstance(scores, Exception):
-                raise scores
             known.update((k, s) for (k, _), s in zip(chunk, scores))
             if store is not None:
                 store.add_many({"key": k, "score": known[k]} for k, _ in chunk)

@@ -113,8 +113,6 @@ def _evaluate(pairs, scorer: Scorer, bad: list[InputError], length_tolerance: fl
 
     stream = _chunks(progress(pairs) if progress is not None else pairs, chunk_size)
     for chunk, scores in score_chunks(scorer, stream, both_sides):
-        if isinstance(scores, Exception):
-            raise scores
         base = baseline.score(both_sides(chunk))
         n = len(chunk)
         for i, pair in enumerate(chunk):

@@ -105,16 +105,26 @@ def _checked(scorer: Scorer, scores: Sequence[Any], n: int) -> list[float]:
 _END = object()
 
 
-def score_chunks(scorer: Scorer, chunks: Iterable[C], items: Callable[[C], Sequence[Item | tuple[str, str]]]
-                 ) -> Iterator[tuple[C, list[float] | Exception]]:
-    """`(chunk, checked scores of items(chunk))` for each chunk of a stream, in order; where scoring a chunk
-    failed, `(chunk, the exception)`, and the stream goes on (a caller may retry its rows one by one).
+def score_chunks(scorer: Scorer, chunks: Iterable[C], items: Callable[[C], Sequence[Item | tuple[str, str]]], *,
+                 keep_going: bool = False) -> Iterator[tuple[C, list[float] | Exception]]:
+    """`(chunk, checked scores of items(chunk))` for each chunk of a stream, in order. Where scoring a chunk
+    failed, its exception is raised; with `keep_going` it is handed over instead, as `(chunk, exception)`, and
+    the stream goes on (a caller may retry its rows one by one).
 
     The commands score their input a chunk at a time (progress, resumable output, bounded memory), and an
     accelerator would wait while each chunk is tokenized. With a scorer that `prepares` (`hf:` on a GPU),
     the next chunk is prepared in a background thread while this one is on the model. The stream itself is
     read here, in the caller's thread; an error it raises (a bad row) comes after the chunks read before it.
     """
+    for chunk, result in _scored_chunks(scorer, chunks, items):
+        if isinstance(result, Exception) and not keep_going:
+            raise result
+        yield chunk, result
+
+
+def _scored_chunks(scorer: Scorer, chunks: Iterable[C], items: Callable[[C], Sequence[Item | tuple[str, str]]]
+                   ) -> Iterator[tuple[C, list[float] | Exception]]:
+    """`score_chunks` with every chunk's failure handed over."""
     if not scorer.prepares:
         for chunk in chunks:
             try:

@@ -99,8 +99,6 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
             else:  # a GPU scorer tokenizes the next batch while this one is on the model
                 for batch, scores in score_chunks(scorer_obj, analyzed(),
                                                   lambda b: [Item(t.prompt, t.reasoning) for t, _ in b]):
-                    if isinstance(scores, Exception):
-                        raise scores
                     write(batch, scores)
             report.finish()
     finally:

@@ -96,7 +96,9 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
                     yield batch
 
             # A GPU scorer tokenizes the next chunk while this one is on the model (score_chunks).
-            for batch, got in score_chunks(scorer_obj, chunks(), lambda b: [Item(t.prompt, t.reasoning) for t, _ in b]):
+            # keep_going: a chunk the scorer fails is retried row by row (_rows_scored), and the run goes on.
+            for batch, got in score_chunks(scorer_obj, chunks(), lambda b: [Item(t.prompt, t.reasoning) for t, _ in b],
+                                           keep_going=True):
                 scored = _rows_scored(scorer_obj, batch, got)
                 store.add_many({**rec, "id": rec.get("id", trace.id), "score": s}
                                for (trace, rec), s in zip(batch, scored) if not isinstance(s, InputError))
