@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("bench_pipeline.py", True, ["--embedding-traces", "4"]),
     ("bench_adversarial.py", False, ["--repeats", "1"]),
     ("bench_hf_scorer.py", False, []),
+    ("bench_truncation.py", True, []),
     ("bench_train.py", False, []),
     ("bench_serve.py", False, []),
     ("bench_device_sim.py", False, ["--rounds", "1"]),

@@ -103,3 +103,75 @@ def test_encode_batch_matches_one_by_one_for_short_and_long(tok):
     assert batch == [enc.encode(p, r) for p, r in items]
     assert [e.truncated for e in batch] == [False, True, False]
     assert enc.encode_batch([]) == []
+
+
+# A word the tokenizer below reads as one token: text far sparser than 4 characters per token.
+LONG_WORD = " supercalifragilistic"
+
+
+@pytest.fixture(scope="module")
+def long_word_tok():
+    from tiny_models import make_tokenizer
+
+    return make_tokenizer(extra_corpus=(LONG_WORD * 50,) * 20)
+
+
+def _mixed_items():
+    return [("Q", "2 + 3 = 5"),
+            ("How many seconds are in 7.8 minutes?", " ".join(f"step {i}: 60 * 7.8 = 468." for i in range(300))),
+            ("Question: " + "the sum of the digits is 45. " * 200, "First, note 12 + 30 = 42. " * 100),
+            ("Q4", "é字" * 900 + " So the answer is 7."),  # several tokens per character
+            ("Q5", LONG_WORD * 400 + " So the answer is 7."),  # 21 characters per token: the tail must grow
+            ("Q6", LONG_WORD * 100),  # longer than 6 characters per token of the budget, and yet it fits
+            ("Q7", "")]
+
+
+@pytest.mark.parametrize("which", ["tok", "long_word_tok"])
+def test_cutting_reads_only_a_tail_and_cuts_where_reading_everything_would(which, request, monkeypatch):
+    import thinkrm.formatting as formatting
+
+    tokenizer = request.getfixturevalue(which)
+    enc = InputEncoder(tokenizer, max_length=256)
+    seen: list[int] = []
+    pieces = enc._pieces
+    monkeypatch.setattr(enc, "_pieces", lambda texts: seen.extend(map(len, texts)) or pieces(texts))
+    items = _mixed_items()
+    fast = enc.encode_batch(items)
+    assert [e.truncated for e in fast] == [False, True, True, True, True, which == "tok", False]
+    assert all(len(e.input_ids) <= 256 for e in fast)
+    assert not {len(r) for _, r in items[1:5]} & set(seen)  # no cut reasoning was read whole
+    # The reference reads every reasoning whole, as cutting did before it read tails.
+    monkeypatch.setattr(formatting, "_TAIL_SLACK", 10**9)
+    assert enc.encode_batch(items) == fast
+
+
+@pytest.mark.parametrize("which", ["tok", "long_word_tok"])
+def test_skipping_the_whole_text_call_changes_nothing(which, request, monkeypatch):
+    import thinkrm.formatting as formatting
+
+    enc = InputEncoder(request.getfixturevalue(which), max_length=256)
+    expected = enc.encode_batch(_mixed_items())
+    monkeypatch.setattr(formatting, "_LONG_TEXT_CHARS", 0)  # every text skips the whole-text call
+    assert enc.encode_batch(_mixed_items()) == expected
+
+
+def test_a_tokenizer_without_offsets_still_cuts_to_fit(tok):
+    class NoOffsets:
+        """A slow tokenizer's view: no character offsets."""
+
+        is_fast = False
+
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, text, return_offsets_mapping=False, **kw):
+            assert not return_offsets_mapping
+            return tok(text, **kw)
+
+    enc = InputEncoder(NoOffsets(), max_length=256)
+    items = _mixed_items()
+    for (_, reasoning), out in zip(items, enc.encode_batch(items)):
+        assert len(out.input_ids) <= 256
+        text = tok.decode(out.input_ids, skip_special_tokens=True)
+        assert text.endswith(reasoning[-20:])
+        assert out.truncated == (TRUNCATION_MARKER in text)

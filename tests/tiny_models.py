@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(pad_token: bool = True):
+def make_tokenizer(pad_token: bool = True, extra_corpus: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -34,7 +34,7 @@ def make_tokenizer(pad_token: bool = True):
     specials = ["<s>", "</s>", "<pad>"]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.train_from_iterator(CORPUS * 4 + list(extra_corpus), trainer)
     bos = tok.token_to_id("<s>")
     # Llama-style: BOS prepended by the tokenizer itself, so callers must not add a second one.
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",

@@ -19,7 +19,9 @@ the prompt is kept whole and the *end* of the reasoning is kept, since that is w
 misses) its answer; the cut is marked with `TRUNCATION_MARKER` at the start of the kept reasoning. Only if
 the prompt alone would leave the reasoning less than a quarter of the budget is the prompt cut too, keeping
 its beginning and ending it with `PROMPT_TRUNCATION_MARKER`. Nothing is ever dropped silently:
-`Encoded.truncated` says the cut happened and scorers count it.
+`Encoded.truncated` says the cut happened and scorers count it. Cutting tokenizes only a tail of the
+reasoning a little longer than the budget, so a 100,000-character trace costs about `max_length` tokens of
+tokenizer work, not the whole trace's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ INPUT_FORMATS = ("plain", "chat")
 TRUNCATION_MARKER = "[... earlier reasoning truncated ...]\n"
 PROMPT_TRUNCATION_MARKER = "\n[... rest of prompt truncated ...]"
 SIDECAR = "thinkrm.json"
+# Characters per token of the budget above which a text is cut without first being tokenized whole.
+_LONG_TEXT_CHARS = 6
+# Tokens a tokenized tail holds beyond what the cut needs (see InputEncoder._tail_pieces).
+_TAIL_SLACK = 32
 
 
 class Item(NamedTuple):
@@ -109,6 +115,17 @@ class Encoded(NamedTuple):
     truncated: bool
 
 
+class _Tail(NamedTuple):
+    """The last tokens of a text: their character spans within `text[start:]`."""
+
+    pieces: Sequence[tuple[int, int]]
+    start: int
+
+    def char_of(self, token: int) -> int:
+        """Where token number `token` of the tail begins in the whole text."""
+        return self.start + self.pieces[token][0]
+
+
 class InputEncoder:
     """Token ids of `format_input(prompt, reasoning)` for one tokenizer, within `max_length`.
 
@@ -140,57 +157,116 @@ class InputEncoder:
             text = text[len(self._strip_bos):]
         return text
 
-    def _ids(self, prompt: str, reasoning: str) -> list[int]:
-        text = self.text(prompt, reasoning)
-        return self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+    def _ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """Token ids of each (prompt, reasoning), in one batched call (the Rust tokenizer uses every core)."""
+        if not pairs:
+            return []
+        texts = [self.text(p, r) for p, r in pairs]
+        return self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
 
-    def _pieces(self, text: str) -> list[tuple[int, int]]:
-        """Character span of each token of `text` (without special tokens)."""
-        enc = self.tokenizer(text, add_special_tokens=False, verbose=False,
+    def _pieces(self, texts: Sequence[str]) -> list[Sequence[tuple[int, int]]]:
+        """Character span of each token of each text (without special tokens)."""
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=False, verbose=False,
                              return_offsets_mapping=bool(getattr(self.tokenizer, "is_fast", False)))
         if "offset_mapping" in enc:
-            return [tuple(o) for o in enc["offset_mapping"]]
+            return enc["offset_mapping"]
         # Slow tokenizers have no offsets: spread characters evenly; the fitting loop corrects the error.
-        n, size = len(enc["input_ids"]), len(text)
-        return [(size * i // max(n, 1), size * (i + 1) // max(n, 1)) for i in range(n)]
+        spans = []
+        for ids, text in zip(enc["input_ids"], texts):
+            n, size = len(ids), len(text)
+            spans.append([(size * i // max(n, 1), size * (i + 1) // max(n, 1)) for i in range(n)])
+        return spans
 
     def encode(self, prompt: str, reasoning: str) -> Encoded:
         return self.encode_batch([(prompt, reasoning)])[0]
 
     def encode_batch(self, items: Sequence[Item | tuple[str, str]]) -> list[Encoded]:
-        """Encode many items with one batched tokenizer call; only over-long ones take the slow path."""
-        items = [Item(*it) for it in items]
-        if not items:
-            return []
-        texts = [self.text(p, r) for p, r in items]
-        all_ids = self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-        return [Encoded(ids, False) if len(ids) <= self.max_length else self._truncate(*it)
-                for ids, it in zip(all_ids, items)]
+        """Encode many items with one batched tokenizer call; only over-long ones are cut.
 
-    def _truncate(self, prompt: str, reasoning: str) -> Encoded:
-        pieces = self._pieces(reasoning)
-        frame = len(self._ids(prompt, TRUNCATION_MARKER))
-        reserve = min(len(pieces), self.max_length // 4)
-        if self.max_length - frame < reserve:
-            prompt = self._cut_prompt(prompt, frame - (self.max_length - reserve))
-            frame = len(self._ids(prompt, TRUNCATION_MARKER))
-        keep = min(len(pieces), self.max_length - frame)
+        A text with more than `_LONG_TEXT_CHARS` characters per token of the budget skips that call: it is
+        almost surely over the budget, and tokenizing all of a 100,000-character thinking trace only to learn
+        so costs more than cutting it. Should it fit after all, `_truncate` finds out and returns it whole.
+        """
+        items = [Item(*it) for it in items]
+        texts = [self.text(p, r) for p, r in items]
+        short = [i for i, t in enumerate(texts) if len(t) <= _LONG_TEXT_CHARS * self.max_length]
+        out: list[Encoded | None] = [None] * len(items)
+        for i, ids in zip(short, self._ids([items[i] for i in short])):
+            if len(ids) <= self.max_length:
+                out[i] = Encoded(ids, False)
+        over = [i for i, e in enumerate(out) if e is None]
+        for i, encoded in zip(over, self._truncate([items[i] for i in over])):
+            out[i] = encoded
+        return out
+
+    def _tails(self, texts: Sequence[str], needs: Sequence[int]) -> list[_Tail]:
+        """The last tokens of each text, at least `need` of them, or all of it.
+
+        Only a tail is tokenized, grown until it holds enough tokens, so cutting a long trace costs about
+        `max_length` tokens of work rather than the whole trace's. A tail holds `_TAIL_SLACK` tokens more than
+        needed, so the cut never falls on its first token, which may split differently from the whole text.
+        """
+        wants = [need + _TAIL_SLACK for need in needs]
+        sizes = [4 * want for want in wants]  # characters; real tokenizers average 3-5 per token
+        out: list[_Tail | None] = [None] * len(texts)
+        todo = list(range(len(texts)))
+        while todo:
+            starts = [max(len(texts[i]) - sizes[i], 0) for i in todo]
+            pending = []
+            for i, start, pieces in zip(todo, starts, self._pieces([texts[i][s:] for i, s in zip(todo, starts)])):
+                if start == 0 or len(pieces) >= wants[i]:
+                    out[i] = _Tail(pieces, start)
+                else:
+                    # As dense as the tail read so far, plus a tenth; growing by half at least bounds the rounds.
+                    sizes[i] = max(sizes[i] * 3 // 2, sizes[i] * wants[i] * 11 // (10 * max(len(pieces), 1)))
+                    pending.append(i)
+            todo = pending
+        return out
+
+    def _truncate(self, items: Sequence[Item]) -> list[Encoded]:
+        """Cut each item to `max_length` by the policy in the module docstring, each tokenizer pass batched."""
+        prompts = [p for p, _ in items]
+        frames = [len(ids) for ids in self._ids([(p, TRUNCATION_MARKER) for p in prompts])]
+        tails = self._tails([r for _, r in items], [max(self.max_length - f, self.max_length // 4) for f in frames])
+        out: list[Encoded | None] = [None] * len(items)
+        whole = [i for i, tail in enumerate(tails) if tail.start == 0]
+        for i, ids in zip(whole, self._ids([items[i] for i in whole])):  # it may fit after all (encode_batch)
+            if len(ids) <= self.max_length:
+                out[i] = Encoded(ids, False)
+        keep: dict[int, int] = {}
+        for i, tail in enumerate(tails):
+            if out[i] is not None:
+                continue
+            reserve = min(len(tail.pieces), self.max_length // 4)
+            if self.max_length - frames[i] < reserve:
+                prompts[i] = self._cut_prompt(prompts[i], frames[i] - (self.max_length - reserve))
+                frames[i] = len(self._ids([(prompts[i], TRUNCATION_MARKER)])[0])
+            keep[i] = min(len(tail.pieces), self.max_length - frames[i])
         # Token boundaries can merge differently once text is re-joined, so re-measure and tighten.
-        while keep > 0:
-            start = pieces[len(pieces) - keep][0]
-            ids = self._ids(prompt, TRUNCATION_MARKER + reasoning[start:])
-            over = len(ids) - self.max_length
-            if over <= 0:
-                return Encoded(ids, True)
-            keep -= max(over, 1)
-        ids = self._ids(prompt, TRUNCATION_MARKER)
-        if len(ids) > self.max_length:
-            raise ValueError(f"cannot fit prompt and truncation marker into max_length {self.max_length}")
-        return Encoded(ids, True)
+        while keep:
+            for i in [i for i, k in keep.items() if k <= 0]:
+                ids = self._ids([(prompts[i], TRUNCATION_MARKER)])[0]
+                if len(ids) > self.max_length:
+                    raise ValueError(f"cannot fit prompt and truncation marker into max_length {self.max_length}")
+                out[i] = Encoded(ids, True)
+                del keep[i]
+            live = list(keep)
+            starts = [tails[i].char_of(len(tails[i].pieces) - keep[i]) for i in live]
+            cut = self._ids([(prompts[i], TRUNCATION_MARKER + items[i].reasoning[s:]) for i, s in zip(live, starts)])
+            for i, ids in zip(live, cut):
+                over = len(ids) - self.max_length
+                if over <= 0:
+                    out[i] = Encoded(ids, True)
+                    del keep[i]
+                else:
+                    keep[i] -= max(over, 1)
+        return out
 
     def _cut_prompt(self, prompt: str, excess: int) -> str:
         """Keep the beginning of a prompt, dropping about `excess` tokens (plus the marker's) from its end."""
-        pieces = self._pieces(prompt)
+        pieces = self._pieces([prompt])[0]
         marker = len(self.tokenizer(PROMPT_TRUNCATION_MARKER, add_special_tokens=False)["input_ids"])
         keep = max(len(pieces) - excess - marker, 0)
         end = pieces[keep - 1][1] if keep else 0
