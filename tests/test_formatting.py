@@ -133,13 +133,14 @@ def test_cutting_reads_only_a_tail_and_cuts_where_reading_everything_would(which
     tokenizer = request.getfixturevalue(which)
     enc = InputEncoder(tokenizer, max_length=256)
     seen: list[int] = []
-    pieces = enc._pieces
+    pieces, ids = enc._pieces, enc._ids
     monkeypatch.setattr(enc, "_pieces", lambda texts: seen.extend(map(len, texts)) or pieces(texts))
+    monkeypatch.setattr(enc, "_ids", lambda pairs: seen.extend(len(r) for _, r in pairs) or ids(pairs))
     items = _mixed_items()
     fast = enc.encode_batch(items)
     assert [e.truncated for e in fast] == [False, True, True, True, True, which == "tok", False]
     assert all(len(e.input_ids) <= 256 for e in fast)
-    assert not {len(r) for _, r in items[1:5]} & set(seen)  # no cut reasoning was read whole
+    assert not {len(r) for _, r in items[1:5]} & set(seen)  # no long reasoning that was cut was read whole
     # The reference reads every reasoning whole, as cutting did before it read tails.
     monkeypatch.setattr(formatting, "_TAIL_SLACK", 10**9)
     assert enc.encode_batch(items) == fast
@@ -153,6 +154,20 @@ def test_skipping_the_whole_text_call_changes_nothing(which, request, monkeypatc
     expected = enc.encode_batch(_mixed_items())
     monkeypatch.setattr(formatting, "_LONG_TEXT_CHARS", 0)  # every text skips the whole-text call
     assert enc.encode_batch(_mixed_items()) == expected
+
+
+def test_sparse_text_near_the_budget_fits_or_is_cut_as_if_tokenized_whole(long_word_tok, monkeypatch):
+    import thinkrm.formatting as formatting
+
+    enc = InputEncoder(long_word_tok, max_length=256)
+    items = [("Q", LONG_WORD * n) for n in range(236, 276)]  # 20 characters per token: none read whole
+    # A sparse head and a dense end: the tail holds as many tokens as a cut needs, yet the whole fits, and
+    # only the marker's tokens in the tail's length tell the two apart.
+    items.append(("Q", LONG_WORD * 44 + " 42" * 208))
+    fast = enc.encode_batch(items)
+    assert {e.truncated for e in fast} == {False, True}
+    monkeypatch.setattr(formatting, "_LONG_TEXT_CHARS", 10**9)  # every text is first tokenized whole
+    assert enc.encode_batch(items) == fast
 
 
 def test_a_tokenizer_without_offsets_still_cuts_to_fit(tok):

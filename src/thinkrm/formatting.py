@@ -40,7 +40,7 @@ PROMPT_TRUNCATION_MARKER = "\n[... rest of prompt truncated ...]"
 SIDECAR = "thinkrm.json"
 # Characters per token of the budget above which a text is cut without first being tokenized whole.
 _LONG_TEXT_CHARS = 6
-# Tokens a tokenized tail holds beyond what the cut needs (see InputEncoder._tail_pieces).
+# Tokens a tokenized tail holds beyond what the cut needs and the marker's own (see InputEncoder._tails).
 _TAIL_SLACK = 32
 
 
@@ -146,6 +146,7 @@ class InputEncoder:
         # A limit that cannot even hold the markers would loop forever cutting; refuse it up front.
         markers = TRUNCATION_MARKER + PROMPT_TRUNCATION_MARKER
         marker_len = len(tokenizer(markers, add_special_tokens=False)["input_ids"])
+        self._marker_len = len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False)["input_ids"])
         if max_length < 4 * marker_len:
             raise ValueError(f"max_length {max_length} is too small to hold truncation markers "
                              f"({marker_len} tokens); use at least {4 * marker_len}")
@@ -187,7 +188,7 @@ class InputEncoder:
 
         A text with more than `_LONG_TEXT_CHARS` characters per token of the budget skips that call: it is
         almost surely over the budget, and tokenizing all of a 100,000-character thinking trace only to learn
-        so costs more than cutting it. Should it fit after all, `_truncate` finds out and returns it whole.
+        so costs more than cutting it. `_truncate` returns such a text whole if it fits after all (see `_tails`).
         """
         items = [Item(*it) for it in items]
         texts = [self.text(p, r) for p, r in items]
@@ -197,18 +198,23 @@ class InputEncoder:
             if len(ids) <= self.max_length:
                 out[i] = Encoded(ids, False)
         over = [i for i, e in enumerate(out) if e is None]
-        for i, encoded in zip(over, self._truncate([items[i] for i in over])):
+        tokenized = set(short)
+        unsure = [i not in tokenized for i in over]
+        for i, encoded in zip(over, self._truncate([items[i] for i in over], unsure)):
             out[i] = encoded
         return out
 
     def _tails(self, texts: Sequence[str], needs: Sequence[int]) -> list[_Tail]:
-        """The last tokens of each text, at least `need` of them, or all of it.
+        """The last tokens of each reasoning: `need` of them plus the marker's length plus `_TAIL_SLACK`, or all.
 
         Only a tail is tokenized, grown until it holds enough tokens, so cutting a long trace costs about
-        `max_length` tokens of work rather than the whole trace's. A tail holds `_TAIL_SLACK` tokens more than
-        needed, so the cut never falls on its first token, which may split differently from the whole text.
+        `max_length` tokens of work rather than the whole trace's. The extra tokens do two jobs. The cut never
+        falls on the tail's first tokens, which may split differently from the whole text. And a tail that
+        does not reach the start proves the whole text over the budget: `need` is the budget left beside the
+        prompt and the marker, and the whole text has the reasoning but not the marker, so it holds at least
+        `_TAIL_SLACK` tokens more than the budget.
         """
-        wants = [need + _TAIL_SLACK for need in needs]
+        wants = [need + self._marker_len + _TAIL_SLACK for need in needs]
         sizes = [4 * want for want in wants]  # characters; real tokenizers average 3-5 per token
         out: list[_Tail | None] = [None] * len(texts)
         todo = list(range(len(texts)))
@@ -225,14 +231,17 @@ class InputEncoder:
             todo = pending
         return out
 
-    def _truncate(self, items: Sequence[Item]) -> list[Encoded]:
-        """Cut each item to `max_length` by the policy in the module docstring, each tokenizer pass batched."""
+    def _truncate(self, items: Sequence[Item], unsure: Sequence[bool]) -> list[Encoded]:
+        """Cut each item to `max_length` by the policy in the module docstring, each tokenizer pass batched.
+
+        `unsure` marks items not yet tokenized whole: one whose tail reaches its start may fit after all.
+        """
         prompts = [p for p, _ in items]
         frames = [len(ids) for ids in self._ids([(p, TRUNCATION_MARKER) for p in prompts])]
         tails = self._tails([r for _, r in items], [max(self.max_length - f, self.max_length // 4) for f in frames])
         out: list[Encoded | None] = [None] * len(items)
-        whole = [i for i, tail in enumerate(tails) if tail.start == 0]
-        for i, ids in zip(whole, self._ids([items[i] for i in whole])):  # it may fit after all (encode_batch)
+        whole = [i for i, tail in enumerate(tails) if tail.start == 0 and unsure[i]]
+        for i, ids in zip(whole, self._ids([items[i] for i in whole])):
             if len(ids) <= self.max_length:
                 out[i] = Encoded(ids, False)
         keep: dict[int, int] = {}
