@@ -159,11 +159,14 @@ class InputEncoder:
         return text
 
     def _ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
-        """Token ids of each (prompt, reasoning), in one batched call (the Rust tokenizer uses every core)."""
-        if not pairs:
+        """Token ids of each (prompt, reasoning)."""
+        return self._tokenize([self.text(p, r) for p, r in pairs])
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each formatted text, in one batched call (the Rust tokenizer uses every core)."""
+        if not texts:
             return []
-        texts = [self.text(p, r) for p, r in pairs]
-        return self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
 
     def _pieces(self, texts: Sequence[str]) -> list[Sequence[tuple[int, int]]]:
         """Character span of each token of each text (without special tokens)."""
@@ -194,7 +197,7 @@ class InputEncoder:
         texts = [self.text(p, r) for p, r in items]
         short = [i for i, t in enumerate(texts) if len(t) <= _LONG_TEXT_CHARS * self.max_length]
         out: list[Encoded | None] = [None] * len(items)
-        for i, ids in zip(short, self._ids([items[i] for i in short])):
+        for i, ids in zip(short, self._tokenize([texts[i] for i in short])):
             if len(ids) <= self.max_length:
                 out[i] = Encoded(ids, False)
         over = [i for i, e in enumerate(out) if e is None]
