@@ -356,6 +356,18 @@ def test_a_row_the_scorer_fails_on_costs_only_that_row(tmp_path, stages):
     assert [row["id"] for row in read_jsonl(out)] == ["a", "2", 3]
 
 
+def test_skipped_rows_are_reported_in_line_order_though_reading_runs_ahead(tmp_path, stages):
+    missing = {"id": "x", "prompt": "Q"}  # no reasoning: bad as read
+    rows = [{**missing, "id": "x1"}, TRACES[0], {"id": "p", "prompt": "Q", "reasoning": "POISON"}, TRACES[1],
+            {**missing, "id": "x5"}, *TRACES[2:], {**missing, "id": "x9"}]
+    src = write_jsonl(tmp_path / "traces.jsonl", rows)
+    res = run_score(src, tmp_path / "scored.jsonl", TwoStagePicky() if stages else Picky(), skip_bad=True,
+                    show_progress=False)
+    # Chunks of two: the bad row on line 5 is read while the chunk failing on line 3 is still being scored.
+    assert [e.split(": ", 1)[0] for e in res.skipped] == [f"{src}:{n}" for n in (1, 3, 5, 9)]
+    assert res.scored == 5
+
+
 def test_scorer_failures_that_are_not_about_rows_are_not_retried_row_by_row(tmp_path):
     src = write_jsonl(tmp_path / "traces.jsonl", [{**t, "reasoning": "POISON"} for t in TRACES])
     scorer = Picky()

@@ -65,7 +65,22 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
         result.skipped.append(str(e))
         console.print(f"[yellow]skipped[/] {e}", highlight=False)
 
-    rows = read_traces(traces, skip_bad=True, on_bad=on_bad, unique_ids=True, allow_empty=False,
+    # Rows found bad while reading are reported with their chunk, in line order with the rows the scorer
+    # fails on: reading runs a chunk ahead of scoring (score_chunks), so reporting them as read would put a
+    # bad row of the next chunk before a failed row of this one.
+    read_bad: list[InputError] = []
+
+    def on_read_bad(e: InputError) -> None:
+        if not skip_bad:
+            raise e
+        read_bad.append(e)
+
+    def take_read_bad() -> list[InputError]:
+        taken = read_bad[:]
+        read_bad.clear()
+        return taken
+
+    rows = read_traces(traces, skip_bad=True, on_bad=on_read_bad, unique_ids=True, allow_empty=False,
                        require_reasoning=True)
     # The first good row is read before the output is opened: an empty input (or a bad first row) then
     # fails without emptying an earlier output.
@@ -77,7 +92,9 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
             if show_progress:
                 stream = progress(stream, "scoring", total=count_lines(traces))
 
-            def chunks() -> Iterator[list[tuple[Any, dict[str, Any]]]]:
+            Chunk = tuple[list[tuple[Any, dict[str, Any]]], list[InputError]]  # rows, and bad rows among them
+
+            def chunks() -> Iterator[Chunk]:
                 batch: list[tuple[Any, dict[str, Any]]] = []
                 try:
                     for trace, rec in stream:
@@ -86,26 +103,29 @@ def run_score(traces: str | Path, out: str | Path, scorer: str, *, resume: bool 
                             continue
                         batch.append((trace, rec))
                         if len(batch) >= SCORE_CHUNK:
-                            yield batch
+                            yield batch, take_read_bad()
                             batch = []
                 except InputError:
                     if batch:  # the good rows before the bad one are kept, so --resume goes on from there
-                        yield batch
+                        yield batch, take_read_bad()
                     raise
                 if batch:
-                    yield batch
+                    yield batch, take_read_bad()
 
             # A GPU scorer tokenizes the next chunk while this one is on the model (score_chunks).
             # keep_going: a chunk the scorer fails is retried row by row (_rows_scored), and the run goes on.
-            for batch, got in score_chunks(scorer_obj, chunks(), lambda b: [Item(t.prompt, t.reasoning) for t, _ in b],
-                                           keep_going=True):
+            for (batch, bad), got in score_chunks(scorer_obj, chunks(),
+                                                  lambda c: [Item(t.prompt, t.reasoning) for t, _ in c[0]],
+                                                  keep_going=True):
                 scored = _rows_scored(scorer_obj, batch, got)
                 store.add_many({**rec, "id": rec.get("id", trace.id), "score": s}
                                for (trace, rec), s in zip(batch, scored) if not isinstance(s, InputError))
                 result.scored += sum(not isinstance(s, InputError) for s in scored)
-                for s in scored:  # after the good rows are safely written
-                    if isinstance(s, InputError):
-                        on_bad(s)
+                failed = [s for s in scored if isinstance(s, InputError)]
+                for e in sorted(bad + failed, key=lambda e: e.line or 0):  # after the good rows are written
+                    on_bad(e)
+            for e in take_read_bad():  # bad rows after the last good one
+                on_bad(e)
         result.truncated = scorer_obj.truncated
     finally:
         scorer_obj.close()
