@@ -90,6 +90,17 @@ def test_json_list_input_limit_and_scorer(tmp_path):
     assert '"key":"score"' in (out / "index.html").read_text().replace(" ", "")
 
 
+def test_rows_keep_their_own_field_names(tmp_path):
+    row = {"question": "What is 2 + 3?", "completion": "<think>2 + 3 = 5.\n\nSo 5.</think> 5", "split": "dev"}
+    src = write_lines(tmp_path / "t.jsonl", [row])
+    r = invoke(src, "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    out = read_rows(tmp_path / "o")[0]
+    # Joined back on `question` by whoever wrote it: nothing renamed, the cut reasoning and the line id added.
+    assert {k: out[k] for k in row} == row and "prompt" not in out and "response" not in out
+    assert out["id"] == "1" and out["reasoning"] == "2 + 3 = 5.\n\nSo 5."
+
+
 def test_empty_trace_gives_an_empty_dag_not_an_error(tmp_path):
     src = write_lines(tmp_path / "t.jsonl", [{"id": "empty", "prompt": "Q?", "reasoning": ""}, GOOD])
     r = invoke(src, "-o", tmp_path / "o")
@@ -146,7 +157,7 @@ def test_bad_rows_fail_clearly_and_leave_no_output(tmp_path, bad, message):
     assert r.exit_code == 2
     flat = "".join(r.output.split())  # rich wraps long lines
     assert "".join(f"error: {src}:2: {message}".split()) in flat
-    assert outputs(out) == []  # neither file, and no temporary left behind
+    assert not out.exists()  # neither file, no temporary left behind, and not the empty folder either
 
 
 BAD_ROWS = [b'{"prompt": "Q", "reasoning": "caf\xe9"}', '{"prompt": 5, "reasoning": "r"}', "{oops",

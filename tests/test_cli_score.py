@@ -140,6 +140,8 @@ def test_bad_rows_stop_with_file_line_or_are_skipped(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--scorer", "nope"], "unknown scorer spec 'nope'"),
     (["--scorer", "hf:/no/such/model"], "cannot load hf:/no/such/model: no such directory"),
+    (["--scorer", "hf:out/no/model"], "cannot load hf:out/no/model: no such directory"),  # not a Hub id either
+    (["--scorer", "hf:no-such-org/model"], "no-such-org/model, and as a Hub model id:"),  # offline in tests
     (["--scorer", "vllm:http://127.0.0.1:9", "--retries", "0"], "cannot reach http://127.0.0.1:9/classify"),
 ])
 def test_scorer_problems_are_one_line_errors(tmp_path, args, words):

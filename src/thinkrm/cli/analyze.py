@@ -41,7 +41,7 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
     from ..me2 import analyze
     from ..report import ReportWriter
     from ..scoring import load_scorer, score_chunks
-    from ..trace import load_traces
+    from ..trace import read_traces
 
     if structurer not in STRUCTURERS:
         raise ValueError(f"unknown structurer {structurer!r}; expected one of: {', '.join(STRUCTURERS)}")
@@ -63,17 +63,19 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
         skipped.append(str(e))
         console.print(f"[yellow]skipped[/] {e}", highlight=False)
 
-    stream = load_traces(traces, skip_bad=skip_bad, on_bad=on_bad, unique_ids=True, allow_empty=False)
+    stream = read_traces(traces, skip_bad=skip_bad, on_bad=on_bad, unique_ids=True, allow_empty=False)
     total = count_lines(traces) if show_progress else None  # a second full read, only for a visible bar
     if show_progress and limit is not None:
         total = min(total, limit) if total is not None else limit
+    created = not out.exists()
     try:
         with atomic_write(analysis_path) as jf, atomic_write(report_path) as hf:
             report = ReportWriter(hf, title=title or f"thinkrm · {traces.name}", structurer=structurer)
 
-            def write(batch: list[tuple[Any, Any]], scores: list[float] | list[None]) -> None:
-                for (trace, result), score in zip(batch, scores):
-                    record = trace.to_dict()
+            def write(batch: list[tuple[Any, Any, Any]], scores: list[float] | list[None]) -> None:
+                for (trace, rec, result), score in zip(batch, scores):
+                    # The row as given (its field names too, so it joins back on them), plus what was found.
+                    record = {**rec, "id": rec.get("id", trace.id), "reasoning": trace.reasoning}
                     record.update(steps=[s.to_dict() for s in result.dag.steps], dag=result.dag.to_dict(),
                                   me2=result.to_dict())
                     if score is not None:
@@ -82,11 +84,11 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
                     report.add(trace, result, score)
                     rows.append(_summary_row(trace.id, result, score))
 
-            def analyzed() -> Iterator[list[tuple[Any, Any]]]:
+            def analyzed() -> Iterator[list[tuple[Any, Any, Any]]]:
                 items = stream if limit is None else islice(stream, limit)
-                batch: list[tuple[Any, Any]] = []
-                for trace in progress(items, "analyzing", total=total) if show_progress else items:
-                    batch.append((trace, analyze(trace, dag=build_dag(trace.reasoning, structurer))))
+                batch: list[tuple[Any, Any, Any]] = []
+                for trace, rec in progress(items, "analyzing", total=total) if show_progress else items:
+                    batch.append((trace, rec, analyze(trace, dag=build_dag(trace.reasoning, structurer))))
                     if len(batch) >= SCORE_BATCH:
                         yield batch
                         batch = []
@@ -98,9 +100,13 @@ def run_analyze(traces: str | Path, out: str | Path, *, structurer: str = "heuri
                     write(batch, [None] * len(batch))
             else:  # a GPU scorer tokenizes the next batch while this one is on the model
                 for batch, scores in score_chunks(scorer_obj, analyzed(),
-                                                  lambda b: [Item(t.prompt, t.reasoning) for t, _ in b]):
+                                                  lambda b: [Item(t.prompt, t.reasoning) for t, _, _ in b]):
                     write(batch, scores)
             report.finish()
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):  # a failed run leaves no empty folder behind
+            out.rmdir()
+        raise
     finally:
         if scorer_obj is not None:
             scorer_obj.close()
