@@ -175,15 +175,16 @@ class HFScorer(Scorer):
         self._pool_lock = threading.Lock()
         self._pin = self.device.startswith("cuda")
         local = Path(arg).expanduser()
+        is_local = local.is_dir()
         # A Hub id is NAME or ORG/NAME; anything else that is not a directory is a mistyped path, said at once
         # rather than after the Hub client's retries.
         hub_id = not arg.startswith(("/", ".", "~")) and arg.count("/") <= 1 and "\\" not in arg
-        if not local.is_dir() and not hub_id:
+        if not is_local and not hub_id:
             raise ValueError(f"cannot load hf:{arg}: no such directory")
-        sidecar = InputConfig.load(local) if local.is_dir() else None
+        sidecar = InputConfig.load(local) if is_local else None
         # A checkpoint `thinkrm train` wrote records where its raw scores sit on correct traces.
-        self.calibration = read_calibration(local) if local.is_dir() else None
-        arg = str(local) if local.is_dir() else arg
+        self.calibration = read_calibration(local) if is_local else None
+        arg = str(local) if is_local else arg
         try:
             config = AutoConfig.from_pretrained(arg)
             # Checked before the weights load: a wrong head is then a clear message, not a shape error.
@@ -195,7 +196,7 @@ class HFScorer(Scorer):
                 arg, config=config, dtype=_pick_dtype(dtype, self.device), **_placement(self.device))
         except OSError as e:
             # ORG/NAME may be either; a user who meant a directory should not read only about the network.
-            where = "" if local.is_dir() else f"no directory {local.absolute()}, and as a Hub model id: "
+            where = "" if is_local else f"no directory {local.absolute()}, and as a Hub model id: "
             raise ValueError(f"cannot load hf:{arg}: {where}{str(e).splitlines()[0]}") from None
         self.model.to(self.device).eval()
         self._text_config = self.model.config.get_text_config()
